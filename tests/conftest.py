@@ -1,0 +1,89 @@
+"""Shared fixtures: the real servers on loopback, and free ports.
+
+A test that needs PostgreSQL, MariaDB or Redis takes the matching fixture. On a
+machine without that server the test is skipped with the reason; with
+``POODLE_REQUIRE_SERVICES=1`` (as ``.ci/run`` sets) it fails instead, so CI can
+never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("POODLE_REQUIRE_SERVICES") == "1"
+
+POSTGRES_DSN = os.environ.get("POODLE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_PARAMS: dict[str, Any] = {
+    "host": os.environ.get("POODLE_MYSQL_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("POODLE_MYSQL_PORT", "3306")),
+    "user": os.environ.get("POODLE_MYSQL_USER", "root"),
+    "password": os.environ.get("POODLE_MYSQL_PASSWORD", ""),
+    "database": os.environ.get("POODLE_MYSQL_DATABASE", "test"),
+}
+REDIS_URL = os.environ.get("POODLE_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unavailable(reason: str) -> None:
+    """Skip the calling test with ``reason``, or fail it when services are required."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (POODLE_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_port(service: str, host: str, port: int) -> None:
+    """Skip/fail unless something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            pass
+    except OSError as exc:
+        unavailable(f"{service} is not reachable on {host}:{port}: {exc}")
+
+
+def require_module(name: str) -> Any:
+    """Import a driver, or skip/fail naming the missing package."""
+    try:
+        return __import__(name)
+    except ImportError as exc:
+        unavailable(f"the {name} package is not installed: {exc}")
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """A DSN for the PostgreSQL on loopback (psycopg 3 importable)."""
+    require_module("psycopg")
+    require_port("PostgreSQL", "127.0.0.1", 5432)
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+def mysql_params() -> dict[str, Any]:
+    """PyMySQL connect() keyword arguments for the MariaDB on loopback."""
+    require_module("pymysql")
+    require_port("MariaDB", MYSQL_PARAMS["host"], MYSQL_PARAMS["port"])
+    return dict(MYSQL_PARAMS)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A URL for the Redis on loopback (redis-py importable)."""
+    require_module("redis")
+    require_port("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    yield _free_port()
