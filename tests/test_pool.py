@@ -121,8 +121,19 @@ def test_constructing_never_connects() -> None:
     assert (stats.size, stats.created, stats.closed) == (0, 0, False)
 
 
-def test_get_takes_most_recently_returned_idle_connection() -> None:
-    pool = Pool(Factory(), max_size=3)
+# Options that take checkout and return off the inlined fast path.
+SLOW_PATHS: list[dict[str, Any]] = [
+    {},
+    {"check": lambda c: True},
+    {"reset": lambda c: None},
+    {"max_lifetime": 3600.0},
+    {"leak_timeout": 3600.0},
+]
+
+
+@pytest.mark.parametrize("options", SLOW_PATHS, ids=lambda o: ",".join(o) or "plain")
+def test_get_takes_most_recently_returned_idle_connection(options: dict[str, Any]) -> None:
+    pool = Pool(Factory(), max_size=3, **options)
     with pool.get() as a:
         release_b = threading.Event()
         tb, ob = hold(pool, release_b)  # b opened while a is out
