@@ -95,6 +95,11 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(0.001)
 
 
+def waiting(pool: Pool[Any], n: int) -> Callable[[], bool]:
+    """A predicate: exactly n callers wait in the pool's line."""
+    return lambda: pool.stats().waiting == n
+
+
 def hold(pool: Pool[Any], release: threading.Event) -> tuple[threading.Thread, dict[str, Any]]:
     """A thread that checks a connection out and holds it until ``release``."""
     got = threading.Event()
@@ -180,7 +185,7 @@ def test_waiters_are_served_in_arrival_order() -> None:
             thread, out = run_thread(body)
             threads.append((thread, out))
             # The next waiter arrives only once this one is in line.
-            wait_until(lambda i=i: pool.stats().waiting == i + 1, f"waiter {i} to queue")
+            wait_until(waiting(pool, i + 1), f"waiter {i} to queue")
     for thread, out in threads:
         join(thread)
         assert "error" not in out, out
@@ -246,7 +251,7 @@ def test_too_many_waiters_is_raised_at_once() -> None:
     waiters = []
     for n in (1, 2):
         waiters.append(hold_waiter(pool))
-        wait_until(lambda n=n: pool.stats().waiting == n, f"{n} waiters")
+        wait_until(waiting(pool, n), f"{n} waiters")
     start = time.monotonic()
     with pytest.raises(TooManyWaiters, match=r"max_waiting=2") as info, pool.get():
         pass
@@ -392,7 +397,7 @@ def test_broken_inner_block_dooms_the_connection_at_outermost_exit() -> None:
         with pytest.raises(ConnectionError), pool.get():
             raise ConnectionError("reset by peer")
         assert not conn.closed  # still ours until the outer block ends
-    assert conn.closed
+    assert conn.close_calls == 1
     with pool.get() as again:
         assert again is not conn
 
@@ -582,10 +587,10 @@ def test_max_lifetime_retires_a_connection() -> None:
     assert a.closed
     time.sleep(0.15)
     # ... and when it comes back too old.
-    assert not c.closed
+    assert c.close_calls == 0
     with pool.get() as d:
         pass
-    assert c.closed and d is not c
+    assert c.close_calls == 1 and d is not c
 
 
 def test_maintain_closes_idle_beyond_max_idle_keeping_min_size_and_refills() -> None:
@@ -778,9 +783,9 @@ def test_close_wakes_waiters_with_pool_closed() -> None:
             join(thread)
             assert isinstance(out.get("error"), PoolClosed)
         assert closer.is_alive()  # still waiting for our connection
-        assert not conn.closed
+        assert conn.close_calls == 0
     join(closer)
-    assert conn.closed
+    assert conn.close_calls == 1
     stats = pool.stats()
     assert (stats.size, stats.in_use, stats.waiting) == (0, 0, 0)
 
