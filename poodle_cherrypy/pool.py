@@ -1017,7 +1017,8 @@ class Pool(Generic[CT]):
                 raise
             with self._lock:
                 self._pending -= 1
-                if self._closed:
+                # Closed, or shrunk by resize() while this one was opening.
+                if self._closed or self._size > self._max_size:
                     self._discarded += 1
                     self._size -= 1
                     discard = True
