@@ -1019,3 +1019,25 @@ def test_stats_snapshot_is_json_serialisable_and_frozen() -> None:
     with pytest.raises(AttributeError):
         stats.size = 5  # type: ignore[misc]
     assert "'s'" in repr(pool)
+
+
+def test_shrinking_while_filling_leaves_no_excess_idle() -> None:
+    factory = Factory()
+    in_factory = threading.Event()
+    let_connect = threading.Event()
+
+    def slow() -> None:
+        in_factory.set()
+        assert let_connect.wait(JOIN)
+
+    factory.hook = slow
+    pool = Pool(factory, min_size=2, max_size=2)
+    filler, fout = run_thread(lambda: pool.open(wait=True))
+    assert in_factory.wait(JOIN)
+    pool.resize(min_size=0, max_size=1)  # both slots are still being opened
+    let_connect.set()
+    join(filler)
+    assert "error" not in fout, fout
+    stats = pool.stats()
+    assert (stats.size, stats.idle, stats.max_size) == (1, 1, 1), stats
+    assert sum(c.closed for c in factory.made) == 1
