@@ -232,3 +232,81 @@ def test_close_under_load_disposes_everything() -> None:
     assert (stats.size, stats.idle, stats.in_use, stats.waiting, stats.pending) == (0,) * 5
     assert stats.created == stats.discarded == len(factory.made)
     assert all(c.closed for c in factory.made)
+
+
+def test_chaos_resize_maintain_close_reopen_under_load() -> None:
+    """Workers cycle while a controller resizes, maintains, closes and reopens."""
+    workers_n, cycles, rounds = 8, 1000, 100_000
+    factory = Factory()
+    pool = Pool(factory, min_size=1, max_size=3, timeout=JOIN, check=lambda c: not c.closed)
+    stop = threading.Event()
+    outcomes: dict[str, int] = {"ok": 0, "closed": 0, "timeout": 0, "broken": 0}
+    tally = threading.Lock()
+    snapshots_bad: list[Any] = []
+
+    def worker(i: int) -> None:
+        rng = random.Random(i)
+        for _ in range(cycles):
+            kind = "ok"
+            try:
+                with pool.get(timeout=0.001 if rng.random() < 0.2 else JOIN) as conn:
+                    assert not conn.closed
+                    conn.enter()
+                    try:
+                        time.sleep(0)
+                        if rng.random() < 0.05:
+                            raise ConnectionResetError("boom")
+                    finally:
+                        conn.leave()
+            except PoolClosed:
+                kind = "closed"
+                time.sleep(0.002)  # reopened soon
+            except PoolTimeout:
+                kind = "timeout"
+            except ConnectionResetError:
+                kind = "broken"
+            with tally:
+                outcomes[kind] += 1
+
+    def controller() -> None:
+        rng = random.Random(99)
+        for n in range(rounds):
+            if stop.is_set():
+                return
+            s = pool.stats()
+            if s.size != s.idle + s.in_use + s.pending or (s.idle and s.size > s.max_size):
+                snapshots_bad.append(s)
+            action = n % 4
+            if action == 0:
+                new_max = rng.randint(1, 5)
+                pool.resize(min_size=rng.randint(0, new_max), max_size=new_max)
+            elif action == 1:
+                pool.maintain()
+            elif action == 2 and n % 12 == 2:
+                pool.close(timeout=0)
+                time.sleep(0.0005)
+                pool.open(wait=True)
+            time.sleep(0.0002)
+
+    control = threading.Thread(target=controller, daemon=True)
+    control.start()
+    try:
+        run_all(workers_n, worker)
+    finally:
+        stop.set()
+        control.join(JOIN)
+    assert not control.is_alive()
+    assert not snapshots_bad, snapshots_bad[:3]
+    assert sum(outcomes.values()) == workers_n * cycles
+    assert outcomes["ok"] > 0
+    stats = pool.stats()
+    assert stats.checkouts == outcomes["ok"] + outcomes["broken"]
+    assert stats.timeouts == outcomes["timeout"]
+    assert (stats.in_use, stats.pending, stats.waiting) == (0, 0, 0)
+    assert stats.created - stats.discarded == stats.size
+    assert stats.size == sum(not c.closed for c in factory.made)
+    assert stats.idle == stats.size <= stats.max_size
+    pool.close()
+    stats = pool.stats()
+    assert stats.size == 0 and stats.created == stats.discarded == len(factory.made)
+    assert max(c.max_holders for c in factory.made) == 1
