@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from poodle_cherrypy import Lease, Pool, PoolClosed, PoolTimeout, PoolUnavailable
 
 FAIL_FAST_AFTER = 3
+MAX_USES = 4
 
 
 class Conn:
@@ -31,6 +32,8 @@ class Conn:
         self.closed = False
         self.close_calls = 0
         self.bad = False
+        self.uses = 0  # checkouts, as the machine saw them
+        self.epoch = 0  # how many times the pool had been closed at checkout
 
     def close(self) -> None:
         self.closed = True
@@ -52,7 +55,7 @@ class PoolMachine(RuleBasedStateMachine):
             name="machine",
             max_size=3,
             timeout=0,
-            max_uses=4,
+            max_uses=MAX_USES,
             check=lambda c: not c.bad,
             fail_fast_after=FAIL_FAST_AFTER,
             retry_delay=3600.0,  # once open, the circuit stays open for the run
@@ -60,6 +63,7 @@ class PoolMachine(RuleBasedStateMachine):
         )
         self.held: list[tuple[Lease[Conn], Conn]] = []
         self.closed = False
+        self.closes = 0
 
     def factory(self) -> Conn:
         self.factory_calls += 1
@@ -109,6 +113,9 @@ class PoolMachine(RuleBasedStateMachine):
         conn: Conn = out["conn"]
         assert not conn.closed and not conn.bad
         assert all(conn is not other for _, other in self.held), "handed out twice"
+        conn.uses += 1
+        conn.epoch = self.closes
+        assert conn.uses <= MAX_USES
         self.held.append((out["lease"], conn))
         if before.idle == 0 and before.size >= before.max_size:
             raise AssertionError(f"a checkout beyond max_size: {before}")
@@ -125,12 +132,17 @@ class PoolMachine(RuleBasedStateMachine):
             assert conn.closed
         else:
             lease.__exit__(None, None, None)
-        if self.closed or shrunk:
+        # Checked out before a close(): disposed of on return, even if reopened.
+        if conn.epoch != self.closes or shrunk or conn.uses >= MAX_USES:
             assert conn.closed
+        elif not broken:
+            assert not conn.closed  # reused: back in the pool
         assert conn.close_calls <= 1
 
     @rule()
     def close(self) -> None:
+        if not self.closed:
+            self.closes += 1
         self.pool.close(timeout=0)
         self.closed = True
         assert self.pool.closed
