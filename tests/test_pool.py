@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -1041,3 +1043,37 @@ def test_shrinking_while_filling_leaves_no_excess_idle() -> None:
     stats = pool.stats()
     assert (stats.size, stats.idle, stats.max_size) == (1, 1, 1), stats
     assert sum(c.closed for c in factory.made) == 1
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+def test_interrupted_waiter_leaves_the_line_and_loses_nothing() -> None:
+    assert threading.current_thread() is threading.main_thread()
+    pool = Pool(Factory(), max_size=1)
+    release = threading.Event()
+    holder, hout = hold(pool, release)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    def send() -> None:
+        wait_until(waiting(pool, 1), "the main thread to wait")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        sender, _ = run_thread(send)
+        with pytest.raises(Interrupted), pool.get(timeout=JOIN):
+            pass
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    join(sender)
+    stats = pool.stats()
+    assert (stats.waiting, stats.in_use, stats.size) == (0, 1, 1)
+    release.set()
+    join(holder)
+    with pool.get(timeout=0) as conn:  # nothing was lost to the interrupted waiter
+        assert conn is hout["result"]
