@@ -1077,3 +1077,17 @@ def test_interrupted_waiter_leaves_the_line_and_loses_nothing() -> None:
     join(holder)
     with pool.get(timeout=0) as conn:  # nothing was lost to the interrupted waiter
         assert conn is hout["result"]
+
+
+def test_a_lease_may_be_exited_from_another_thread() -> None:
+    pool = Pool(Factory(), max_size=1)
+    lease = pool.get()
+    entered, out = run_thread(lease.__enter__)
+    join(entered)
+    conn = out["result"]
+    assert pool.stats().in_use == 1
+    lease.__exit__(None, None, None)  # handed over: exited here
+    stats = pool.stats()
+    assert (stats.in_use, stats.idle) == (0, 1)
+    with pool.get(timeout=0) as again:
+        assert again is conn

@@ -9,9 +9,11 @@ it if the child ever closed a connection it inherited.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -123,3 +125,52 @@ def test_child_drops_inherited_connections_without_closing_them() -> None:
     assert (stats.size, stats.idle, stats.in_use, stats.created) == (2, 2, 0, 2)
     pool.close()
     assert idle.closed and held.closed
+
+
+def test_fork_while_other_threads_use_the_pool() -> None:
+    """Forking mid-checkout never hands the child a half-made pool state."""
+    pool: Pool[SockConn] = Pool(SockConn, max_size=2)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            with pool.get(timeout=10):
+                pass
+
+    workers = [threading.Thread(target=churn, daemon=True) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in range(5):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    stats = pool.stats()
+                    assert (stats.size, stats.in_use, stats.waiting) == (0, 0, 0)
+                    with pool.get(timeout=5) as conn:
+                        assert conn.pid == os.getpid()
+                    code = 0
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 30
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    pytest.fail("the child hung")
+                time.sleep(0.01)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+    assert not any(w.is_alive() for w in workers)
+    stats = pool.stats()
+    assert stats.in_use == 0 and stats.size == stats.idle <= 2
+    pool.close()
