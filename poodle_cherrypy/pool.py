@@ -868,6 +868,13 @@ class Pool(Generic[CT]):
                     reason = "check returned False"
             except Exception as exc:
                 reason = f"check raised {exc!r}"
+            except BaseException:
+                # Interrupted mid-check: the connection's state is unknown.
+                with self._lock:
+                    self._discarded += 1
+                self._dispose(rec)
+                self._give_up_slot()
+                raise
         if reason is None:
             with self._lock:
                 self._pending -= 1
@@ -925,6 +932,9 @@ class Pool(Generic[CT]):
                         exc_info=True,
                     )
                     doomed = True
+                except BaseException:
+                    self._release(rec, True)  # interrupted: dispose of it, free the slot
+                    raise
             if not doomed:
                 if self._broken is None:
                     doomed = rec.has_closed and _reports_closed(rec.conn)
@@ -957,10 +967,12 @@ class Pool(Generic[CT]):
             if self._drained is not None and not self._in_use:
                 self._drained.set()
                 self._drained = None
-        if discard:
-            self._dispose(rec)
-        if waiter is not None:
-            waiter.lock.release()
+        try:
+            if discard:
+                self._dispose(rec)
+        finally:
+            if waiter is not None:
+                waiter.lock.release()
 
     def _free_slot(self) -> Optional[_Waiter]:
         """Under the lock: a slot was vacated. Hand it to the longest waiter
