@@ -1091,3 +1091,46 @@ def test_a_lease_may_be_exited_from_another_thread() -> None:
     assert (stats.in_use, stats.idle) == (0, 1)
     with pool.get(timeout=0) as again:
         assert again is conn
+
+
+class Abort(BaseException):
+    """Like KeyboardInterrupt: not an Exception, must still not leak a slot."""
+
+
+@pytest.mark.parametrize("hook", ["check", "reset", "dispose"])
+def test_base_exception_in_a_hook_propagates_and_leaks_no_slot(hook: str) -> None:
+    armed = threading.Event()
+
+    def maybe_abort(conn: Conn) -> None:
+        if armed.is_set():
+            armed.clear()
+            raise Abort
+
+    factory = Factory()
+    pool: Pool[Conn] = Pool(
+        factory,
+        max_size=1,
+        check=maybe_abort if hook == "check" else None,
+        reset=maybe_abort if hook == "reset" else None,
+        dispose=maybe_abort if hook == "dispose" else None,
+    )
+    if hook == "dispose":
+        with pytest.raises(Abort), pool.get():
+            # A waiter that gets the slot freed when this broken one is disposed.
+            waiter, wout = run_thread(lambda: pool.get(timeout=3 * JOIN).__enter__())
+            wait_until(waiting(pool, 1), "a waiter")
+            armed.set()
+            raise OSError("broken: dispose of it")
+        join(waiter)  # woken at once, not after its 30 s timeout
+        assert isinstance(wout.get("result"), Conn)
+        return
+    with pool.get():
+        pass
+    armed.set()
+    with pytest.raises(Abort), pool.get():
+        pass
+    stats = pool.stats()
+    assert (stats.pending, stats.in_use, stats.waiting) == (0, 0, 0), stats
+    assert stats.size == stats.idle == stats.created - stats.discarded, stats
+    with pool.get(timeout=0) as conn:  # the slot is usable
+        assert not conn.closed
