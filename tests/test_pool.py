@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+import poodle_cherrypy.pool as pool_module
 from poodle_cherrypy import (
     Pool,
     PoolClosed,
@@ -29,6 +30,30 @@ from poodle_cherrypy import (
 )
 
 JOIN = 10.0  # seconds: generous, for a loaded 2-core machine
+
+
+class Clock:
+    """The pool's clock, frozen: time passes only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Freeze the clock the pool reads for lifetimes, idleness, leaks and retries.
+
+    (Waits still use real time: they are threading timeouts.)
+    """
+    fake = Clock()
+    monkeypatch.setattr(pool_module, "_monotonic", fake)
+    return fake
 
 
 class Conn:
@@ -577,36 +602,41 @@ def test_max_uses_retires_a_connection() -> None:
         assert c is not a
 
 
-def test_max_lifetime_retires_a_connection() -> None:
-    pool = Pool(Factory(), max_lifetime=0.05)
+def test_max_lifetime_retires_a_connection(clock: Clock) -> None:
+    pool = Pool(Factory(), max_lifetime=60.0)
     with pool.get() as a:
         pass
+    clock.advance(59.0)
     with pool.get() as b:
         assert b is a  # young enough
-    time.sleep(0.15)
+    clock.advance(2.0)
     with pool.get() as c:  # retired at checkout
         assert c is not a
     assert a.closed
-    time.sleep(0.15)
-    # ... and when it comes back too old.
-    assert c.close_calls == 0
+    clock.advance(59.5)
     with pool.get() as d:
-        pass
-    assert c.close_calls == 1 and d is not c
+        assert d is c
+        clock.advance(1.0)  # too old by the time it comes back
+    assert c.close_calls == 1
+    with pool.get() as e:
+        assert e is not c
 
 
-def test_maintain_closes_idle_beyond_max_idle_keeping_min_size_and_refills() -> None:
+def test_maintain_closes_idle_beyond_max_idle_keeping_min_size_and_refills(
+    clock: Clock,
+) -> None:
     factory = Factory()
-    pool = Pool(factory, min_size=1, max_size=4, max_idle=0.05)
+    pool = Pool(factory, min_size=1, max_size=4, max_idle=30.0)
     release = threading.Event()
     holders = [hold(pool, release) for _ in range(3)]
     release.set()
     for thread, _ in holders:
         join(thread)
     assert pool.stats().idle == 3
-    pool.maintain()  # nothing idle for long yet
+    clock.advance(29.0)
+    pool.maintain()  # nothing idle for long enough yet
     assert pool.stats().idle == 3
-    time.sleep(0.15)
+    clock.advance(2.0)
     pool.maintain()
     stats = pool.stats()
     assert (stats.size, stats.idle, stats.discarded) == (1, 1, 2)
@@ -708,16 +738,21 @@ def test_circuit_opens_after_n_failures_and_fails_fast_chained() -> None:
     assert (stats.circuit, stats.unavailable, stats.errors, stats.size) == ("open", 5, 3, 0)
 
 
-def test_circuit_half_open_probe_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
+def test_circuit_half_open_probe_then_recovers(
+    caplog: pytest.LogCaptureFixture, clock: Clock
+) -> None:
     factory = Factory()
-    pool = Pool(factory, max_size=4, fail_fast_after=2, retry_delay=0.05, max_retry_delay=0.05)
+    pool = Pool(factory, max_size=4, fail_fast_after=2, retry_delay=1.0, max_retry_delay=1.0)
     factory.fail = OSError("down")
     for _ in range(2):
         with pytest.raises(OSError), pool.get():
             pass
     with pytest.raises(PoolUnavailable), pool.get():
         pass
-    time.sleep(0.2)  # past the retry delay (0.05 s +25% jitter)
+    clock.advance(0.7)  # within the retry delay (1 s +-25% jitter)
+    with pytest.raises(PoolUnavailable), pool.get():
+        pass
+    clock.advance(0.6)  # past it
     probing = threading.Event()
     finish = threading.Event()
 
@@ -913,13 +948,17 @@ def leaky_checkout(pool: Pool[Any]) -> Any:
     return lease, lease.__enter__()
 
 
-def test_leak_is_reported_once_with_checkout_stack(caplog: pytest.LogCaptureFixture) -> None:
-    pool = Pool(Factory(), name="leaky", leak_timeout=0.05)
+def test_leak_is_reported_once_with_checkout_stack(
+    caplog: pytest.LogCaptureFixture, clock: Clock
+) -> None:
+    pool = Pool(Factory(), name="leaky", leak_timeout=30.0)
     lease, _conn = leaky_checkout(pool)
     with caplog.at_level(logging.WARNING, logger="poodle_cherrypy"):
         pool.maintain()
+        clock.advance(29.0)
+        pool.maintain()
         assert caplog.records == []  # not held long enough yet
-        time.sleep(0.15)
+        clock.advance(2.0)
         pool.maintain()
         pool.maintain()
     records = [r for r in caplog.records if r.name == "poodle_cherrypy"]
@@ -1134,3 +1173,33 @@ def test_base_exception_in_a_hook_propagates_and_leaks_no_slot(hook: str) -> Non
     assert stats.size == stats.idle == stats.created - stats.discarded, stats
     with pool.get(timeout=0) as conn:  # the slot is usable
         assert not conn.closed
+
+
+def test_failed_probes_back_off_up_to_max_retry_delay(clock: Clock) -> None:
+    factory = Factory()
+    factory.fail = OSError("down")
+    pool = Pool(factory, fail_fast_after=1, retry_delay=1.0, max_retry_delay=4.0)
+
+    def attempt() -> bool:
+        """True if the factory was called (a probe), False if it failed fast."""
+        calls = factory.calls
+        with pytest.raises((OSError, PoolUnavailable)), pool.get():
+            pass
+        return factory.calls > calls
+
+    assert attempt()  # the first failure opens the circuit (delay ~1 s)
+    assert not attempt()
+    clock.advance(1.3)
+    assert attempt()  # probe fails: delay doubles (~2 s, at least 1.5 s)
+    clock.advance(1.3)
+    assert not attempt()
+    clock.advance(1.3)
+    assert attempt()  # ~4 s next
+    for _ in range(4):  # capped at max_retry_delay (4 s +25% jitter)
+        clock.advance(5.1)
+        assert attempt()
+    factory.fail = None
+    clock.advance(5.1)
+    with pool.get() as conn:
+        assert isinstance(conn, Conn)
+    assert pool.stats().circuit == "closed"
