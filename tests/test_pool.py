@@ -294,8 +294,10 @@ def test_too_many_waiters_is_raised_at_once() -> None:
 
 
 def hold_waiter(pool: Pool[Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """A thread that waits (longer than join() allows: it must be woken) and returns."""
+
     def body() -> None:
-        with pool.get(timeout=JOIN):
+        with pool.get(timeout=3 * JOIN):
             pass
 
     return run_thread(body)
