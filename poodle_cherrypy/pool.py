@@ -470,13 +470,8 @@ class Pool(Generic[CT]):
             logger.info("pool %r: reopened", self._name)
         if wait:
             self._fill(need, raise_errors=True)
-        elif need:
-            threading.Thread(
-                target=self._fill,
-                args=(need, False),
-                name=f"{self._name}-fill",
-                daemon=True,
-            ).start()
+        else:
+            self._fill_in_background(need)
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool; calling it again does nothing.
@@ -517,6 +512,29 @@ class Pool(Generic[CT]):
                     timeout,
                 )
         logger.info("pool %r: closed", self._name)
+
+    def recycle(self) -> None:
+        """Retire every connection open now, without closing the pool.
+
+        Idle connections are disposed of at once and checked-out ones when
+        they come back; callers meanwhile get fresh connections, and
+        ``min_size`` is refilled in the background. Use it after a database
+        failover or a credentials change; the CherryPy plugin calls it on
+        ``graceful`` (SIGUSR1). On a closed pool it does nothing.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            # Connections of an older epoch are disposed of when they come back.
+            self._epoch += 1
+            idle, self._idle = self._idle, []
+            self._size -= len(idle)
+            self._discarded += len(idle)
+            need = self._reserve_to_min()
+        for rec in idle:
+            self._dispose(rec)
+        logger.info("pool %r: recycled %d idle connection(s)", self._name, len(idle))
+        self._fill_in_background(need)
 
     def maintain(self) -> None:
         """Expire, refill and report leaks; safe from any thread, at any time.
@@ -1003,6 +1021,16 @@ class Pool(Generic[CT]):
         self._size += need
         self._pending += need
         return need
+
+    def _fill_in_background(self, need: int) -> None:
+        """Open connections in ``need`` reserved slots from a daemon thread."""
+        if need:
+            threading.Thread(
+                target=self._fill,
+                args=(need, False),
+                name=f"{self._name}-fill",
+                daemon=True,
+            ).start()
 
     def _fill(self, need: int, raise_errors: bool) -> None:
         """Open connections in ``need`` reserved slots and put them in the pool."""

@@ -87,3 +87,72 @@ def _free_port() -> int:
 def free_port() -> Iterator[int]:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     yield _free_port()
+
+
+# -- CherryPy ----------------------------------------------------------------
+
+
+def _reset_cherrypy() -> None:
+    import cherrypy
+
+    from poodle_cherrypy.plugin import PoodlePlugin
+
+    if cherrypy.engine.state in (cherrypy.engine.states.STARTED, cherrypy.engine.states.STARTING):
+        cherrypy.engine.stop()
+    try:
+        plugin = PoodlePlugin.for_bus(cherrypy.engine)
+    except LookupError:
+        pass
+    else:
+        plugin.stop()
+        plugin.unsubscribe()
+    cherrypy.server.unsubscribe()
+    cherrypy.tree.apps.clear()
+    cherrypy.config.reset()
+    # test_suite: no autoreloader (other files change while tests run), no checker.
+    cherrypy.config.update({"environment": "test_suite", "log.screen": False})
+
+
+@pytest.fixture
+def cp_engine() -> Iterator[Any]:
+    """``cherrypy.engine``, configured for tests, with no HTTP server subscribed.
+
+    The test mounts its apps, declares its pools and starts the engine; the
+    fixture stops it and forgets the apps, the PoodlePlugin and the config.
+    """
+    import poodle_cherrypy  # noqa: F401  (registers tools.poodle and the config namespace)
+
+    _reset_cherrypy()
+    import cherrypy
+
+    yield cherrypy.engine
+    _reset_cherrypy()
+
+
+@pytest.fixture
+def cp_server(cp_engine: Any, free_port: int) -> str:
+    """``cherrypy.server`` subscribed on 127.0.0.1 and a free port; its base URL.
+
+    The HTTP server starts with the engine (``cp_engine.start()``).
+    """
+    import cherrypy
+
+    cherrypy.config.update(
+        {
+            "server.socket_host": "127.0.0.1",
+            "server.socket_port": free_port,
+            "server.thread_pool": 16,
+            "server.shutdown_timeout": 5,
+        }
+    )
+    cherrypy.server.subscribe()
+    return f"http://127.0.0.1:{free_port}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Exit CherryPy's engine, if a test used it, so the bus does not complain at exit."""
+    import sys
+
+    cherrypy = sys.modules.get("cherrypy")
+    if cherrypy is not None and cherrypy.engine.state != cherrypy.engine.states.EXITING:
+        cherrypy.engine.exit()

@@ -1,0 +1,371 @@
+"""The CherryPy engine plugin that owns the named pools.
+
+:class:`PoodlePlugin` opens its pools when the engine starts, runs their
+maintenance on CherryPy's own :class:`~cherrypy.process.plugins.Monitor`,
+recycles their connections on ``graceful`` and drains and closes them when the
+engine stops. Pools are declared in Python::
+
+    PoodlePlugin(cherrypy.engine, {"default": {"factory": sqlite3.connect,
+                                               "args": ("app.db",)}}).subscribe()
+
+or in CherryPy's global config alone (``import poodle_cherrypy`` registers the
+``poodle`` namespace; see :mod:`poodle_cherrypy.config`)::
+
+    [global]
+    poodle.default.factory = "sqlite3:connect"
+    poodle.default.args = ("app.db",)
+
+A bus has at most one PoodlePlugin; the request tool and :func:`get_pool` find
+the pools through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Callable, Optional, Union
+
+import cherrypy
+from cherrypy.process.plugins import Monitor, SimplePlugin
+
+from .config import build_pool, parse_namespace
+from .pool import Pool
+
+__all__ = ["PoodlePlugin", "get_pool"]
+
+#: Plugin options that CherryPy config may set as ``poodle.<option>``.
+PLUGIN_OPTIONS = frozenset({"maintain_interval", "close_timeout"})
+
+#: The plugin subscribed to each bus (at most one).
+_plugins: dict[Any, PoodlePlugin] = {}
+
+
+def _seconds(name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
+    """Owns named pools for the life of a CherryPy engine (a WSPBus).
+
+    ``pools`` maps a name to a :class:`~poodle_cherrypy.Pool`, or to a dict of
+    Pool keyword arguments plus ``factory`` (callables may be given as
+    ``"module:attribute"`` strings). ``plugin.pools[name]`` is that Pool from
+    then on; constructing a pool never connects.
+
+    - ``start`` (priority 70: after the Daemonizer forks at 65, before the
+      HTTP server serves at 75) opens every pool, filling it to
+      ``min_size``. A pool that cannot connect is logged with the reason and
+      stays open: its requests get 503 until the database is back. Nothing
+      raises from ``start`` for want of a database; a ``tools.poodle.*`` key
+      in the mounted apps' config that names an unknown pool or option does
+      raise, which makes CherryPy log it and exit.
+    - every ``maintain_interval`` seconds (10.0; 0 turns it off) each pool's
+      ``maintain()`` runs on a CherryPy ``Monitor`` thread; an error there is
+      logged and the next run goes ahead.
+    - ``graceful`` (SIGUSR1) recycles every pool's connections.
+    - ``stop`` and ``exit`` (after the HTTP server has stopped serving) close
+      the pools, giving connections still in use ``close_timeout`` seconds
+      (5.0) in all to come back. ``start`` after ``stop`` reopens them.
+    """
+
+    def __init__(
+        self,
+        bus: Any,
+        pools: Optional[Mapping[str, Union[Pool[Any], Mapping[str, Any]]]] = None,
+        *,
+        maintain_interval: float = 10.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(bus)
+        self.pools: dict[str, Pool[Any]] = {}
+        """The pools by name."""
+        self.maintain_interval = _seconds("maintain_interval", maintain_interval)
+        """Seconds between two maintenance runs (0: none); read at ``start``."""
+        self.close_timeout = _seconds("close_timeout", close_timeout)
+        """Seconds ``stop`` waits in all for connections still in use."""
+        self._specs: dict[str, dict[str, Any]] = {}  # of the pools declared in config
+        self._monitor: Optional[Monitor] = None
+        self._running = False
+        if pools is not None:
+            if not isinstance(pools, Mapping):
+                raise TypeError(f"pools must be a mapping of name to Pool or dict, got {pools!r}")
+            for name, pool in pools.items():
+                self.add(name, pool)
+
+    # -- declaring pools -----------------------------------------------------
+
+    def add(self, name: str, pool: Union[Pool[Any], Mapping[str, Any]]) -> Pool[Any]:
+        """Add the pool ``name`` (a Pool, or a dict of its options) and return it.
+
+        Added to a running plugin, the pool is opened at once.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a pool's name must be a non-empty str, got {name!r}")
+        if name in self.pools:
+            raise ValueError(f"pool {name!r} is declared already")
+        if not isinstance(pool, Pool):
+            pool = build_pool(name, pool, f"pools[{name!r}]")
+        self.pools[name] = pool
+        if self._running:
+            self._open(name, pool)
+        return pool
+
+    def _declare(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Declare (or redeclare) a pool from ``poodle.<name>.*`` config keys."""
+        prefix = f"poodle.{name}"
+        merged = {**self._specs.get(name, {}), **spec}
+        old = self.pools.get(name)
+        if old is not None:
+            if name not in self._specs:
+                raise ValueError(f"{prefix}: pool {name!r} was added in Python already")
+            if merged == self._specs[name]:
+                return  # the same declaration again (a config file read twice)
+            if self._running:
+                raise ValueError(
+                    f"{prefix}: pool {name!r} is running; stop the engine before redeclaring it"
+                )
+        pool = build_pool(name, merged, prefix)
+        if old is not None:
+            old.close(timeout=0)
+        self.pools[name] = pool
+        self._specs[name] = merged
+        if self._running:
+            self._open(name, pool)
+
+    @classmethod
+    def for_bus(cls, bus: Any = None) -> PoodlePlugin:
+        """The plugin subscribed to ``bus`` (default ``cherrypy.engine``).
+
+        Raises ``LookupError`` when there is none.
+        """
+        if bus is None:
+            bus = cherrypy.engine
+        try:
+            return _plugins[bus]
+        except KeyError:
+            raise LookupError(
+                "no PoodlePlugin is subscribed to this engine: declare a pool in config "
+                "(poodle.<name>.factory = 'module:callable') or subscribe a PoodlePlugin"
+            ) from None
+
+    # -- bus channels --------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """Subscribe to the bus's channels; a bus takes one PoodlePlugin."""
+        other = _plugins.get(self.bus)
+        if other is not None and other is not self:
+            raise ValueError(
+                "a PoodlePlugin is subscribed to this bus already: add pools to it "
+                "(PoodlePlugin.for_bus(bus).add(name, pool)) instead"
+            )
+        _plugins[self.bus] = self
+        super().subscribe()
+
+    def unsubscribe(self) -> None:
+        """Unsubscribe from the bus (the pools are left as they are)."""
+        super().unsubscribe()
+        if _plugins.get(self.bus) is self:
+            del _plugins[self.bus]
+
+    def start(self) -> None:
+        """Open (pre-fill) every pool and start the maintenance thread."""
+        problems = _tool_config_problems(self.pools)
+        if problems:
+            for problem in problems:
+                self.bus.log(f"poodle: {problem}", level=logging.ERROR)
+            # Raising from a start listener makes CherryPy log it and exit.
+            raise ValueError("poodle: bad tool config: " + "; ".join(problems))
+        self._running = True
+        for name, pool in list(self.pools.items()):
+            self._open(name, pool)
+        if self.maintain_interval and self._monitor is None:
+            self._monitor = Monitor(
+                self.bus, self.maintain, frequency=self.maintain_interval, name="poodle maintain"
+            )
+            self._monitor.start()
+
+    # After the Daemonizer's fork (65), so no connection crosses it, and
+    # before the HTTP server starts serving (75), so requests find pools open.
+    start.priority = 70  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop maintenance, then close every pool (idempotent)."""
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+        if not self._running:
+            return
+        self._running = False
+        deadline = time.monotonic() + self.close_timeout
+        for name, pool in list(self.pools.items()):
+            pool.close(timeout=max(0.0, deadline - time.monotonic()))
+            self.bus.log(f"poodle: closed pool {name!r}")
+
+    # After the HTTP server (25) has stopped serving and its requests ended.
+    stop.priority = 50  # type: ignore[attr-defined]
+
+    def exit(self) -> None:
+        """Close every pool, as ``stop`` does."""
+        self.stop()
+
+    def graceful(self) -> None:
+        """Recycle every pool's connections (SIGUSR1): new ones replace them."""
+        for name, pool in list(self.pools.items()):
+            pool.recycle()
+            self.bus.log(f"poodle: recycled pool {name!r}")
+
+    def maintain(self) -> None:
+        """Run every pool's ``maintain()``; log errors, never raise them."""
+        for name, pool in list(self.pools.items()):
+            try:
+                pool.maintain()
+            except Exception:
+                # A Monitor thread dies at the first exception it sees.
+                self.bus.log(
+                    f"poodle: maintaining pool {name!r} failed", level=logging.ERROR, traceback=True
+                )
+
+    def _open(self, name: str, pool: Pool[Any]) -> None:
+        try:
+            pool.open(wait=True)
+        except Exception as exc:
+            self.bus.log(
+                f"poodle: pool {name!r} is open but could not connect ({exc!r}); its requests "
+                f"get 503 until it can",
+                level=logging.ERROR,
+            )
+        else:
+            self.bus.log(f"poodle: opened pool {name!r} ({pool.stats().size} connections)")
+
+
+def get_pool(name: str = "default", bus: Any = None) -> Pool[Any]:
+    """The pool ``name`` of the PoodlePlugin on ``bus`` (default ``cherrypy.engine``).
+
+    For helper code inside a request: ``with get_pool().get() as conn:`` yields
+    the request's own connection (same transaction) when ``tools.poodle``
+    checked it out. Raises ``LookupError`` naming the pools there are.
+    """
+    plugin = PoodlePlugin.for_bus(bus)
+    try:
+        return plugin.pools[name]
+    except KeyError:
+        raise LookupError(
+            f"no pool named {name!r}; the pools are {sorted(plugin.pools)}"
+        ) from None
+
+
+# -- CherryPy config ---------------------------------------------------------
+
+
+class ConfigNamespace:
+    """The ``poodle`` namespace of CherryPy's global config.
+
+    ``cherrypy.config.update({"poodle.default.factory": "sqlite3:connect"})``
+    declares pool ``default`` on ``cherrypy.engine``'s PoodlePlugin, making
+    and subscribing one if there is none. Each update's keys are checked
+    together when it ends, so a mistake raises from ``cherrypy.config.update``
+    naming the key. ``import poodle_cherrypy`` registers it.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Any] = {}
+
+    def __enter__(self) -> Callable[[str, Any], None]:
+        self._entries = {}
+        return self._entries.__setitem__
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        entries, self._entries = self._entries, {}
+        if exc_type is not None or not entries:
+            return
+        options, specs = parse_namespace(entries, PLUGIN_OPTIONS)
+        try:
+            plugin = PoodlePlugin.for_bus(cherrypy.engine)
+        except LookupError:
+            plugin = PoodlePlugin(cherrypy.engine)
+            plugin.subscribe()
+        for option, value in options.items():
+            setattr(plugin, option, _seconds(f"poodle.{option}", value))
+        for name, spec in specs.items():
+            plugin._declare(name, spec)
+
+
+# -- checking the request tool's config at start -----------------------------
+
+
+def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
+    """What is wrong with the ``tools.<poodle tool>.*`` keys of the mounted apps.
+
+    Checks app config (files and dicts given to ``tree.mount``) and global
+    config; ``_cp_config`` on handlers is only seen when a request uses it.
+    """
+    tools = {
+        name: tool
+        for name, tool in vars(cherrypy.tools).items()
+        if isinstance(getattr(tool, "poodle_options", None), frozenset)
+    }
+    if not tools:
+        return []
+    problems = []
+    # (app, where, section, config); the global config (app None) is everybody's parent.
+    sections: list[tuple[Any, str, str, Mapping[str, Any]]] = [
+        (None, "global", "", cherrypy.config)
+    ]
+    for script_name, app in cherrypy.tree.apps.items():
+        for section, conf in app.config.items():
+            if isinstance(conf, Mapping) and section.startswith("/"):
+                sections.append((app, f"{script_name or '/'} [{section}]", section, conf))
+    for app, where, section, conf in sections:
+        for key, value in conf.items():
+            namespace, _, rest = key.partition(".")
+            tool_name, _, option = rest.partition(".")
+            if namespace != "tools" or tool_name not in tools:
+                continue
+            options = tools[tool_name].poodle_options
+            if option not in options:
+                problems.append(
+                    f"{where} {key}: unknown option; the options are {', '.join(sorted(options))}"
+                )
+            elif option == "pool" and value not in pools:
+                problems.append(
+                    f"{where} {key} = {value!r}: no such pool; the pools are {sorted(pools)}"
+                )
+            elif (
+                option == "on"
+                and value
+                and "default" not in pools
+                and not _set_above(sections, app, section, f"tools.{tool_name}.pool")
+            ):
+                problems.append(
+                    f"{where} {key}: uses pool 'default', which is not declared; the pools "
+                    f"are {sorted(pools)} (set tools.{tool_name}.pool)"
+                )
+    return problems
+
+
+def _set_above(
+    sections: list[tuple[Any, str, str, Mapping[str, Any]]], app: Any, section: str, key: str
+) -> bool:
+    """Whether app section ``section``, one of its ancestors or the global config sets ``key``."""
+    for other_app, _, other, conf in sections:
+        if key in conf and (
+            other_app is None
+            or (
+                other_app is app
+                and (section == other or section.startswith(other.rstrip("/") + "/"))
+            )
+        ):
+            return True
+    return False

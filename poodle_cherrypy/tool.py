@@ -1,0 +1,240 @@
+"""The request tool: a pooled connection on ``cherrypy.request.conn``.
+
+``import poodle_cherrypy`` registers it as ``cherrypy.tools.poodle``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Iterator
+from typing import Any, Optional
+
+import cherrypy
+from cherrypy.lib import httputil
+
+from .errors import PoolError
+from .plugin import get_pool
+from .pool import Lease
+
+__all__ = ["PoodleTool"]
+
+#: After trailing_slash (60) redirects and caching (90) answers from its
+#: cache, so neither checks a connection out for nothing.
+DEFAULT_PRIORITY = 95
+
+
+class ServiceUnavailable(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy is untyped
+    """503 with a ``Retry-After`` header (which ``HTTPError`` itself strips)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(503, "No database connection is available; please retry shortly.")
+        self.retry_after = retry_after
+
+    def set_response(self) -> None:
+        """Set the 503 response, then the Retry-After header."""
+        super().set_response()
+        cherrypy.serving.response.headers["Retry-After"] = str(self.retry_after)
+
+
+class _Checkout:
+    """One request's checkout: everything lives here, reached from request.hooks."""
+
+    __slots__ = ("attribute", "body", "conn", "decided", "error", "lease", "transaction")
+
+    def __init__(self, lease: Lease[Any], conn: Any, attribute: str, transaction: bool) -> None:
+        self.lease = lease
+        self.conn = conn
+        self.attribute = attribute
+        self.transaction = transaction
+        self.error: Optional[BaseException] = None
+        self.body: Optional[Generator[Any, None, None]] = None  # the watched lazy body, if any
+        self.decided = False  # committed or rolled back already
+
+
+class _WatchedHandler:
+    """The page handler, wrapped to note what it raised, even from a lazy body."""
+
+    __slots__ = ("checkout", "inner")
+
+    def __init__(self, inner: Any, checkout: _Checkout) -> None:
+        self.inner = inner
+        self.checkout = checkout
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            body = self.inner(*args, **kwargs)
+        except BaseException as exc:
+            self.checkout.error = exc
+            raise
+        if isinstance(body, Iterator):
+            # A generator's code runs later (when the body is collapsed or
+            # streamed), still on this request's connection.
+            body = self.checkout.body = _watched(body, self.checkout)
+        return body
+
+    def __getattr__(self, name: str) -> Any:
+        # PageHandler's callable, args and kwargs, for code that inspects them.
+        return getattr(self.inner, name)
+
+
+def _watched(body: Iterator[Any], checkout: _Checkout) -> Generator[Any, None, None]:
+    try:
+        yield from body  # close() reaches the handler's generator too
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        checkout.error = exc
+        raise
+
+
+class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
+    """``tools.poodle``: check a pooled connection out for each request.
+
+    With ``tools.poodle.on = True``, on ``before_handler`` the tool enters
+    ``pool.get()`` and sets ``cherrypy.request.conn``; on ``on_end_request``
+    (failsafe: it runs whatever else failed) it gives the connection back,
+    passing the request's exception, if there was one, to the pool (which
+    discards a broken connection). A streamed body keeps the connection until
+    it is fully sent or the client goes away; a lazy body is closed before the
+    connection goes back.
+
+    Config keys:
+
+    - ``tools.poodle.on``: switch it on.
+    - ``tools.poodle.pool`` (``"default"``): the name of the pool, declared on
+      the engine's :class:`~poodle_cherrypy.PoodlePlugin`.
+    - ``tools.poodle.timeout`` (the pool's): how long to wait for a connection.
+    - ``tools.poodle.transaction`` (False): for DB-API connections, commit
+      when the response status is below 400 and the handler raised nothing
+      but a redirect, roll back otherwise. The commit happens before the
+      response is sent (so a client that got 2xx can read its own write), or
+      after a streamed body; a failing commit turns the response into a 500.
+    - ``tools.poodle.retry_after`` (5): the ``Retry-After`` seconds of the 503
+      sent when no connection can be had (pool exhausted, closed, or the
+      factory failing); the cause is logged, never sent.
+    - ``tools.poodle.priority`` (95): of the ``before_handler`` hook; the
+      default comes after ``trailing_slash`` redirects (60) and cache hits
+      (90), which then check nothing out.
+
+    Helper code that calls ``pool.get()`` during the request gets the same
+    connection (the pool is reentrant per thread). A second tool,
+    ``cherrypy.tools.cache = PoodleTool(attribute="cache")``, puts another
+    pool's connection on ``cherrypy.request.cache`` in the same request.
+    All per-request state lives on ``cherrypy.request`` and its hooks.
+    """
+
+    #: The config keys it takes (checked against app config at engine start).
+    poodle_options = frozenset({"on", "pool", "timeout", "transaction", "retry_after", "priority"})
+
+    def __init__(self, attribute: str = "conn", priority: float = DEFAULT_PRIORITY) -> None:
+        if not isinstance(attribute, str) or not attribute.isidentifier():
+            raise ValueError(f"attribute must be a Python identifier, got {attribute!r}")
+        self._attribute = attribute
+        super().__init__("before_handler", self._checkout, priority=priority)
+        self.__doc__ = type(self).__doc__
+
+    def _setup(self) -> None:
+        # Right after dispatch, before other tools wrap the handler: a 404 or
+        # 405 (no handler found) needs no connection.
+        if isinstance(cherrypy.serving.request.handler, cherrypy.HTTPError):
+            return
+        # Hook only the checkout; the other hooks are attached by a checkout,
+        # so a request that never checked one out has nothing to give back.
+        conf = self._merged_args()
+        priority = conf.pop("priority", self._priority)
+        cherrypy.serving.request.hooks.attach(
+            self._point, self._checkout, priority=priority, **conf
+        )
+
+    def _checkout(
+        self,
+        pool: str = "default",
+        timeout: Optional[float] = None,
+        transaction: bool = False,
+        retry_after: int = 5,
+    ) -> None:
+        request = cherrypy.serving.request
+        if request.handler is None:
+            return  # answered already (a cache hit, say): no connection needed
+        key = f"tools.{self._name}.pool"
+        try:
+            target = get_pool(pool)
+        except LookupError as exc:
+            cherrypy.log(f"{key} = {pool!r}: {exc}", "POODLE", severity=logging.ERROR)
+            raise cherrypy.HTTPError(500) from None
+        lease = target.get(timeout)
+        try:
+            conn = lease.__enter__()
+        except PoolError as exc:
+            cherrypy.log(f"pool {pool!r}: {exc}", "POODLE", severity=logging.WARNING)
+            raise ServiceUnavailable(retry_after) from None
+        except Exception:
+            cherrypy.log(
+                f"pool {pool!r}: opening a connection failed", "POODLE",
+                severity=logging.ERROR, traceback=True,
+            )
+            raise ServiceUnavailable(retry_after) from None
+        checkout = _Checkout(lease, conn, self._attribute, bool(transaction))
+        setattr(request, self._attribute, conn)
+        request.handler = _WatchedHandler(request.handler, checkout)
+        hooks = request.hooks
+        if checkout.transaction:
+            # Late, after encode and gzip, so the body it collapses is final.
+            hooks.attach("before_finalize", _end_transaction_early, priority=95, checkout=checkout)
+        hooks.attach("on_end_request", _give_back, failsafe=True, priority=80, checkout=checkout)
+
+
+def _end_transaction_early(checkout: _Checkout) -> None:
+    """before_finalize: commit or roll back before the response is sent."""
+    response = cherrypy.serving.response
+    if response.stream:
+        return  # the body still runs on the connection: decide at the end
+    response.collapse_body()  # a lazy (generator) body runs now, inside the transaction
+    _end_transaction(checkout)
+
+
+def _end_transaction(checkout: _Checkout) -> None:
+    """Commit if the status is below 400 and nothing but a redirect was raised; else roll back."""
+    checkout.decided = True
+    try:
+        code = httputil.valid_status(cherrypy.serving.response.status)[0]
+    except ValueError:
+        code = 500
+    error = checkout.error
+    ok = code < 400 and (error is None or isinstance(error, cherrypy.HTTPRedirect))
+    try:
+        if ok:
+            checkout.conn.commit()
+        else:
+            checkout.conn.rollback()
+    except BaseException as exc:
+        checkout.error = exc  # the pool judges whether the connection survived it
+        raise
+
+
+def _give_back(checkout: _Checkout) -> None:
+    """on_end_request (failsafe): end the lazy body and the transaction, give back."""
+    request = cherrypy.serving.request
+    try:
+        if checkout.body is not None:
+            try:
+                checkout.body.close()  # its finally blocks run while we still hold the conn
+            except Exception as exc:
+                checkout.error = exc
+                cherrypy.log("closing the response body failed", "POODLE",
+                             severity=logging.ERROR, traceback=True)
+        if checkout.transaction and not checkout.decided:
+            try:
+                _end_transaction(checkout)
+            except Exception:
+                # The response is out already: all that is left is to log it.
+                cherrypy.log("ending the transaction failed", "POODLE",
+                             severity=logging.ERROR, traceback=True)
+    finally:
+        request.__dict__.pop(checkout.attribute, None)
+        error = checkout.error
+        checkout.lease.__exit__(
+            type(error) if error is not None else None,
+            error,
+            error.__traceback__ if error is not None else None,
+        )
