@@ -107,6 +107,7 @@ def _reset_cherrypy() -> None:
         plugin.stop()
         plugin.unsubscribe()
     cherrypy.server.unsubscribe()
+    cherrypy.server.httpserver = None  # else the next start reuses the old port
     cherrypy.tree.apps.clear()
     cherrypy.config.reset()
     # test_suite: no autoreloader (other files change while tests run), no checker.
