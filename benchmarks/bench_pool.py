@@ -29,12 +29,14 @@ Two scenarios, each printed as a table:
    interleaved so that a noisy neighbour hurts them alike), and the ratio to
    the LifoQueue (lower is better). The loop overhead is included everywhere.
 2. Many threads (16) sharing few connections (4) for a fixed window, each
-   releasing the GIL inside the block (``time.sleep(0)``): throughput and its
+   releasing the GIL inside the block (``time.sleep(0)``). The window is cut
+   into slices that take turns across the pools (fresh threads each slice),
+   so that a noisy moment does not land on one pool alone. Throughput and its
    ratio to the LifoQueue (higher is better), the median, 99th percentile
    and maximum wait to get a connection (timed around the checkout), and the
    spread of the per-thread cycle counts (the largest deviation from the
    mean, in %). A pool that lets a returning thread take its connection
-   straight back starves the others: their one wait lasts the whole window.
+   straight back starves the others: their one wait lasts the whole slice.
 
 Then one line per poodle target says whether it held in this run: one
 thread at most 1.0x the LifoQueue; no starved thread (every thread's count
@@ -349,25 +351,17 @@ def _churn(
 
 
 @dataclass
-class ThreadResult:
-    throughput: float  # cycles per second, all threads together
-    median_wait_us: float
-    p99_wait_us: float
-    max_wait_ms: float
-    min_share: float  # the least busy thread's count over the mean
-    max_share: float  # the busiest thread's count over the mean
+class _Slice:
+    """What one pool did in one slice of the window."""
+
+    elapsed: float
+    counts: list[int]  # cycles per thread
+    waits: list[int]  # nanoseconds, every checkout of every thread
     errors: list[str]
 
-    @property
-    def spread(self) -> float:
-        """The largest deviation of a thread's count from the mean, as a fraction."""
-        return max(1.0 - self.min_share, self.max_share - 1.0)
 
-
-def many_threads(
-    contender: Contender, threads: int, window: float, max_cycles: int
-) -> ThreadResult:
-    """``threads`` threads churn the pool for ``window`` seconds."""
+def churn_slice(contender: Contender, threads: int, seconds: float, max_cycles: int) -> _Slice:
+    """``threads`` fresh threads churn the pool for ``seconds``."""
     start = threading.Barrier(threads + 1)
     stop = threading.Event()
     workers = [_Worker() for _ in range(threads)]
@@ -385,25 +379,56 @@ def many_threads(
         runner.start()
     start.wait(TIMEOUT)
     t0 = time.perf_counter()
-    time.sleep(window)
+    time.sleep(seconds)
     stop.set()
     for runner in runners:
         runner.join(TIMEOUT + 5.0)
     elapsed = time.perf_counter() - t0
     errors = [f"{runner.name} still running" for runner in runners if runner.is_alive()]
     errors += [repr(w.error) for w in workers if w.error is not None]
-    counts = [w.cycles for w in workers]
-    waits = sorted(wait for w in workers for wait in w.waits) or [0]
-    mean = sum(counts) / threads
-    return ThreadResult(
-        throughput=sum(counts) / elapsed,
-        median_wait_us=waits[len(waits) // 2] / 1e3,
-        p99_wait_us=waits[len(waits) * 99 // 100] / 1e3,
-        max_wait_ms=waits[-1] / 1e6,
-        min_share=min(counts) / mean if mean else 0.0,
-        max_share=max(counts) / mean if mean else 0.0,
-        errors=errors,
+    return _Slice(
+        elapsed,
+        [w.cycles for w in workers],
+        [wait for w in workers for wait in w.waits],
+        errors,
     )
+
+
+@dataclass
+class ThreadResult:
+    """One pool's slices, summed up."""
+
+    throughput: float  # cycles per second, all threads together
+    median_wait_us: float
+    p99_wait_us: float
+    max_wait_ms: float
+    min_share: float  # the least busy thread's count over the mean, worst slice
+    max_share: float  # the busiest thread's count over the mean, worst slice
+    errors: list[str]
+
+    @property
+    def spread(self) -> float:
+        """The largest deviation of a thread's count from the mean, as a fraction."""
+        return max(1.0 - self.min_share, self.max_share - 1.0)
+
+    @classmethod
+    def of(cls, slices: Sequence[_Slice]) -> ThreadResult:
+        waits = sorted(wait for s in slices for wait in s.waits) or [0]
+        # Threads are fresh in each slice, so fairness is judged slice by slice.
+        shares = [
+            (min(s.counts) / mean, max(s.counts) / mean)
+            for s in slices
+            if (mean := sum(s.counts) / len(s.counts))
+        ] or [(0.0, 0.0)]
+        return cls(
+            throughput=sum(sum(s.counts) for s in slices) / sum(s.elapsed for s in slices),
+            median_wait_us=waits[len(waits) // 2] / 1e3,
+            p99_wait_us=waits[len(waits) * 99 // 100] / 1e3,
+            max_wait_ms=waits[-1] / 1e6,
+            min_share=min(low for low, _ in shares),
+            max_share=max(high for _, high in shares),
+            errors=[error for s in slices for error in s.errors],
+        )
 
 
 # -- report ------------------------------------------------------------------
@@ -428,12 +453,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cycles", type=int, help="cycles per repeat in scenario 1")
     parser.add_argument("--repeats", type=int, help="repeats in scenario 1 (the best counts)")
     parser.add_argument("--window", type=float, help="seconds each pool runs in scenario 2")
+    parser.add_argument(
+        "--slices", type=int, help="scenario 2's window, cut into interleaved slices"
+    )
     parser.add_argument("--threads", type=int, default=16, help="threads in scenario 2")
     parser.add_argument("--size", type=int, default=4, help="connections in each pool")
     args = parser.parse_args(argv)
     cycles = args.cycles or (20_000 if args.quick else 200_000)
     repeats = args.repeats or (3 if args.quick else 7)
     window = args.window or (0.3 if args.quick else 2.0)
+    slices = args.slices or (1 if args.quick else 4)
     max_cycles = 10_000_000  # per thread: bounds scenario 2 even with a huge window
 
     print(
@@ -477,15 +506,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Scenario 2
     print()
     print(
-        f"{THREADS_HEADER} ({args.threads} threads, {args.size} connections, {window:g} s per pool)"
+        f"{THREADS_HEADER} ({args.threads} threads, {args.size} connections, "
+        f"{window:g} s per pool in {slices} interleaved slice(s) of {window / slices:g} s)"
     )
     print(
         f"  {'pool':<13} {'cycles/s':>9} {'x LifoQueue':>12} {'median wait':>12} "
         f"{'p99 wait':>12} {'max wait':>11} {'thread min..max':>16} {'max dev':>8}"
     )
-    results: dict[str, ThreadResult] = {}
+    done: dict[str, list[_Slice]] = {c.name: [] for c in contenders}
+    for _ in range(slices):
+        for c in contenders:
+            done[c.name].append(churn_slice(c, args.threads, window / slices, max_cycles))
+    results = {name: ThreadResult.of(s) for name, s in done.items()}
     for c in contenders:
-        r = results[c.name] = many_threads(c, args.threads, window, max_cycles)
+        r = results[c.name]
         line = (
             f"  {c.name:<13} {r.throughput:>9.0f} "
             f"{r.throughput / results[baseline.name].throughput:>11.2f}x "
@@ -496,7 +530,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             failed = True
             line += f"  ERRORS: {len(r.errors)}, first: {r.errors[0]}"
         print(line)
-    print("  (thread min..max: the least and the busiest thread's cycles over the mean)")
+    print(
+        "  (thread min..max: the least and the busiest thread's cycles over the mean, "
+        "in the worst slice)"
+    )
 
     for c in contenders:
         c.close()
