@@ -156,4 +156,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     cherrypy = sys.modules.get("cherrypy")
     if cherrypy is not None and cherrypy.engine.state != cherrypy.engine.states.EXITING:
+        cherrypy.config.update({"log.screen": False})
         cherrypy.engine.exit()
