@@ -227,11 +227,12 @@ def redis_check(conn: redis.Redis) -> None:
 def redis_reset(conn: redis.Redis) -> None:
     """``reset``: undo what a request can leave on its connection, in one round trip.
 
-    For a client made by :func:`redis_client`: raises if replies are left
-    unread or the server closed the socket (both seen without a round trip),
-    then sends ``DISCARD`` (ends a ``MULTI`` left open; its error when there
-    is none is expected), ``UNWATCH`` and ``SELECT`` of the configured
-    database together, and raises unless the last two answer OK. Not undone:
+    For a client made by :func:`redis_client`: raises if the connection was
+    lost, has replies left unread or was closed by the server (all seen
+    without a round trip), then sends ``DISCARD`` (ends a ``MULTI`` left open;
+    its error when there is none is expected), ``UNWATCH`` and ``SELECT`` of
+    the configured database together, and raises unless the last two answer
+    OK. Not undone:
     ``CLIENT SETNAME``, ``CLIENT TRACKING``, ``READONLY`` and pub/sub
     subscriptions (use a separate client for pub/sub).
     """
@@ -243,6 +244,10 @@ def redis_reset(conn: redis.Redis) -> None:
             "redis_reset needs a client made with single_connection_client=True "
             "(see poodle_cherrypy.drivers.redis_client)"
         )
+    # redis-py drops the socket of a connection that failed (in a block that
+    # caught the error); can_read() would then reconnect behind the pool's back.
+    if connection._sock is None:
+        raise exceptions.ConnectionError("the connection was lost")
     if connection.can_read():
         raise exceptions.ConnectionError("the connection has unread replies")
     connection.send_packed_command(
