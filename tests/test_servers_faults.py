@@ -120,6 +120,25 @@ def test_session_killed_in_use_is_discarded(server: Server, make_pool: MakePool)
     assert_nothing_out(pool)
 
 
+def test_session_lost_in_a_block_that_swallows_the_error_is_discarded(
+    server: Server, make_pool: MakePool
+) -> None:
+    # The block raises nothing, so the broken rule never sees the error: the
+    # reset recipe (and the connection's own state) must tell.
+    pool = make_pool(server.factory(), max_size=1, check=None)
+    with pool.get() as conn:
+        first = server.session_id(conn)
+        server.kill(first)
+        with pytest.raises(server.lost):
+            server.ping(conn)
+    stats = pool.stats()
+    assert (stats.discarded, stats.size) == (1, 0), stats
+    with pool.get() as conn:
+        server.ping(conn)
+        assert server.session_id(conn) != first
+    assert_nothing_out(pool)
+
+
 # -- an outage: the proxy refuses connections, then forwards again -------------
 
 
