@@ -40,12 +40,15 @@ class Server:
         self._sessions: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.tag = f"poodle-test-{uuid.uuid4().hex[:12]}"
 
-    def factory(self, port: Optional[int] = None, timeout: float = 30.0) -> Callable[[], Any]:
+    def factory(
+        self, port: Optional[int] = None, timeout: float = 30.0, **options: Any
+    ) -> Callable[[], Any]:
         """A pool factory connecting to ``port`` (default: the server's own),
-        which gives up on a server that does not answer within ``timeout`` s."""
+        which gives up on a server that does not answer within ``timeout`` s.
+        ``options`` go to the driver's connect()."""
 
         def connect() -> Any:
-            conn = self._connect(port or self.port, timeout)
+            conn = self._connect(port or self.port, timeout, **options)
             session_id = self.session_id(conn)
             self.opened.append(session_id)
             self._sessions[conn] = session_id
@@ -72,7 +75,7 @@ class Server:
 
     # -- per driver --------------------------------------------------------------
 
-    def _connect(self, port: int, timeout: float) -> Any:
+    def _connect(self, port: int, timeout: float, **options: Any) -> Any:
         raise NotImplementedError
 
     def session_id(self, conn: Any) -> int:
@@ -117,11 +120,15 @@ class PostgreSQL(Server):
         self.admin.execute("SET lock_timeout = '10s'")
         super().__init__(self.admin.info.port)
 
-    def _connect(self, port: int, timeout: float) -> Any:
+    def _connect(self, port: int, timeout: float, **options: Any) -> Any:
         import psycopg
 
         return psycopg.connect(
-            self.dsn, port=port, connect_timeout=max(2, round(timeout)), application_name=self.tag
+            self.dsn,
+            port=port,
+            connect_timeout=max(2, round(timeout)),  # psycopg waits 2 s at least
+            application_name=self.tag,
+            **options,
         )
 
     def session_id(self, conn: Any) -> int:
@@ -172,13 +179,13 @@ class MariaDB(Server):
             cursor.execute(sql, args or None)
             return list(cursor.fetchall())
 
-    def _connect(self, port: int, timeout: float) -> Any:
+    def _connect(self, port: int, timeout: float, **options: Any) -> Any:
         import pymysql
 
         # PyMySQL's connect_timeout covers the TCP connect only: the server's
         # greeting is read with read_timeout, so a server that accepts and
         # never answers needs that too.
-        params = {**self.params, "port": port}
+        params = {**self.params, "port": port, **options}
         return pymysql.connect(**params, connect_timeout=timeout, read_timeout=timeout)
 
     def session_id(self, conn: Any) -> int:
@@ -224,16 +231,24 @@ class Redis(Server):
         self.admin = redis.Redis.from_url(url, socket_timeout=10)
         super().__init__(self.admin.connection_pool.connection_kwargs["port"])
 
-    def _connect(self, port: int, timeout: float) -> Any:
-        # from_url() lets the URL's port win over a port= argument.
+    def url_for(self, port: Optional[int] = None, db: Optional[int] = None) -> str:
+        """The server's URL with another port or database (from_url() lets the
+        URL win over port= and db= arguments)."""
         url = urlsplit(self.url)
-        userinfo = url.netloc.rpartition("@")[0]
-        url = url._replace(netloc=f"{userinfo}{'@' if userinfo else ''}{url.hostname}:{port}")
+        if port is not None:
+            userinfo = url.netloc.rpartition("@")[0]
+            url = url._replace(netloc=f"{userinfo}{'@' if userinfo else ''}{url.hostname}:{port}")
+        if db is not None:
+            url = url._replace(path=f"/{db}")
+        return urlunsplit(url)
+
+    def _connect(self, port: int, timeout: float, **options: Any) -> Any:
         return drivers.redis_client(
-            urlunsplit(url),
+            self.url_for(port=port),
             client_name=self.tag,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,  # the handshake is read with it
+            **options,
         )
 
     def session_id(self, conn: Any) -> int:
