@@ -47,6 +47,18 @@ __all__ = [
 # -- PostgreSQL: psycopg 3 ----------------------------------------------------
 
 
+def _psycopg_refuse_busy(conn: psycopg.Connection[Any]) -> None:
+    """Raise if a command is still running on ``conn``: a result being streamed
+    (``cursor.stream()``) holds the connection's lock, and a rollback or a ping
+    would wait for it forever, in the very thread that holds it."""
+    from psycopg import pq
+
+    if conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
+        raise RuntimeError(
+            "a command is still running on the connection (a result being streamed?)"
+        )
+
+
 def _psycopg_run_outside_transaction(conn: psycopg.Connection[Any], query: str) -> None:
     """Run ``query`` without leaving a transaction open.
 
@@ -75,8 +87,10 @@ def psycopg_check(conn: psycopg.Connection[Any]) -> None:
 
     It opens no transaction (``SELECT 1`` with autocommit off would, and the
     user's ``with conn.transaction():`` would then only make a savepoint), and
-    it works inside a transaction left open as well.
+    it works inside a transaction left open as well. It raises at once on a
+    connection with a command still running.
     """
+    _psycopg_refuse_busy(conn)
     _psycopg_run_outside_transaction(conn, "")
 
 
@@ -88,7 +102,10 @@ def psycopg_reset(conn: psycopg.Connection[Any]) -> None:
     temporary tables, prepared statements, advisory locks) and the
     connection's Python attributes (``autocommit``, ``isolation_level``,
     ``read_only``) stay as the block left them; see :func:`psycopg_discard_all`.
+    It raises at once on a connection with a command still running (a
+    ``cursor.stream()`` left half-read), where psycopg's rollback would hang.
     """
+    _psycopg_refuse_busy(conn)
     conn.rollback()
 
 
@@ -102,9 +119,10 @@ def psycopg_discard_all(conn: psycopg.Connection[Any]) -> None:
     rollback, with autocommit switched on for it and restored afterwards.
     Costs one round trip more than :func:`psycopg_reset`. The connection's
     Python attributes (``autocommit``, ``isolation_level``, ``read_only``) stay
-    as the block left them.
+    as the block left them. Like :func:`psycopg_reset`, it raises on a
+    connection with a command still running.
     """
-    conn.rollback()
+    psycopg_reset(conn)
     _psycopg_run_outside_transaction(conn, "DISCARD ALL")
 
 
