@@ -8,6 +8,7 @@ what was left, so the test can tell.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
@@ -16,9 +17,15 @@ import pytest
 from servers import PostgreSQL
 
 from poodle_cherrypy import Pool
-from poodle_cherrypy.drivers import psycopg_broken, psycopg_discard_all, psycopg_reset
+from poodle_cherrypy.drivers import (
+    psycopg_broken,
+    psycopg_check,
+    psycopg_discard_all,
+    psycopg_reset,
+)
 
 psycopg = pytest.importorskip("psycopg")
+ACTIVE = psycopg.pq.TransactionStatus.ACTIVE
 IDLE = psycopg.pq.TransactionStatus.IDLE
 INERROR = psycopg.pq.TransactionStatus.INERROR
 
@@ -120,6 +127,43 @@ def test_discard_all_clears_session_state_rollback_does_not(
         assert temp_exists
         assert prepared == 1
         assert not lock_free
+
+
+@pytest.mark.parametrize(
+    ("reset", "check"),
+    [(psycopg_reset, None), (psycopg_discard_all, None), (None, psycopg_check)],
+    ids=["psycopg_reset", "psycopg_discard_all", "psycopg_check"],
+)
+def test_a_result_left_half_streamed_is_discarded_not_waited_on(
+    pg: PostgreSQL,
+    reset: Optional[Callable[[Any], None]],
+    check: Optional[Callable[[Any], None]],
+) -> None:
+    # The suspended generator holds psycopg's connection lock: a rollback or a
+    # ping would wait for it forever, in the thread that holds it.
+    streams: list[Iterator[Any]] = []
+    sessions: list[int] = []
+
+    def two_users() -> None:
+        with pool.get() as conn:
+            sessions.append(pg.session_id(conn))
+            stream = conn.cursor().stream("SELECT generate_series(1, 100000)")
+            next(stream)
+            streams.append(stream)  # still suspended when the block ends
+            assert conn.info.transaction_status == ACTIVE
+        with pool.get() as conn:
+            sessions.append(pg.session_id(conn))
+            conn.execute("SELECT 1")
+
+    with Pool(pg.factory(), max_size=1, reset=reset, check=check) as pool:
+        user = threading.Thread(target=two_users, daemon=True)
+        user.start()
+        user.join(15)
+        assert not user.is_alive(), "the pool waited on a busy connection"
+        assert len(sessions) == 2 and sessions[0] != sessions[1]
+        assert pool.stats().discarded == 1
+    with pytest.raises(psycopg.OperationalError):
+        next(streams[0])  # the pool closed that connection
 
 
 def test_discard_all_restores_autocommit_left_on(pg: PostgreSQL) -> None:
