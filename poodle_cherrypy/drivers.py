@@ -180,7 +180,7 @@ def pymysql_reset_session(conn: Any) -> None:
     same connection (same connection id, no new authentication). PyMySQL has
     no public call for it, so it is sent through PyMySQL's internal
     ``_execute_command``/``_read_ok_packet``, the calls its own ``ping()`` makes
-    (tested with PyMySQL 1.1 and 1.2 on MariaDB 10.11): should a PyMySQL
+    (tested with PyMySQL 1.2 on MariaDB 10.11): should a PyMySQL
     release drop them, this raises and the pool discards the connection,
     degrading to a reconnect, never to reusing a dirty session.
 
@@ -219,10 +219,11 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
     ``pipeline()`` still borrows a second socket from the client's own pool;
     it cleans up after itself, and it is closed with the client.)
 
-    redis-py's own retries are turned off (``Redis()`` retries a lost
-    connection 10 times, ``from_url()`` not at all): a retry reconnects behind
-    the pool's back, hides the loss from ``broken``, and stretches every
-    command of an outage; the pool's circuit breaker deals with outages.
+    redis-py's own retries are turned off (in redis-py 8, ``Redis()`` retries
+    a lost connection 10 times with backoff, ``from_url()`` not at all): a
+    retry reconnects behind the pool's back, hides the loss from ``broken``
+    and stretches every command of an outage; the pool's circuit breaker
+    deals with outages.
     ``kwargs`` go to ``redis.Redis.from_url`` and override these defaults.
     """
     import redis
@@ -250,9 +251,8 @@ def redis_reset(conn: redis.Redis) -> None:
     without a round trip), then sends ``DISCARD`` (ends a ``MULTI`` left open;
     its error when there is none is expected), ``UNWATCH`` and ``SELECT`` of
     the configured database together, and raises unless the last two answer
-    OK. Not undone:
-    ``CLIENT SETNAME``, ``CLIENT TRACKING``, ``READONLY`` and pub/sub
-    subscriptions (use a separate client for pub/sub).
+    OK. Not undone: ``CLIENT SETNAME``, ``CLIENT TRACKING``, ``READONLY`` and
+    pub/sub subscriptions (use a separate client for pub/sub).
     """
     from redis import exceptions
 
