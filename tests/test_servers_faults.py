@@ -120,6 +120,38 @@ def test_session_killed_in_use_is_discarded(server: Server, make_pool: MakePool)
     assert_nothing_out(pool)
 
 
+def test_link_cut_in_use_is_discarded(
+    server: Server, make_pool: MakePool, tcp_proxy: Callable[[int], TCPProxy]
+) -> None:
+    # No goodbye from the server this time: the socket just ends mid-statement.
+    proxy = tcp_proxy(server.port)
+    pool = make_pool(server.factory(proxy.port), max_size=1)
+    cut = threading.Event()
+
+    def cut_when_blocking(session_id: int) -> None:
+        wait_until(lambda: server.blocking(session_id), 10, "the session to block")
+        proxy.refuse()
+        cut.set()
+
+    started = time.monotonic()
+    with pytest.raises(server.lost) as info, pool.get() as conn:
+        first = server.session_id(conn)
+        cutter = threading.Thread(target=cut_when_blocking, args=(first,), daemon=True)
+        cutter.start()
+        server.block(conn)
+    took = elapsed(started)
+    cutter.join(15)
+    assert not cutter.is_alive() and cut.is_set()
+    assert took < BLOCK_SECONDS - 2, "the cut, not the end of the statement, ended the block"
+    assert is_broken(conn, info.value)
+    assert (pool.stats().discarded, pool.stats().size) == (1, 0)
+    proxy.forward()
+    with pool.get() as conn:
+        server.ping(conn)
+        assert server.session_id(conn) != first
+    assert_nothing_out(pool)
+
+
 def test_session_lost_in_a_block_that_swallows_the_error_is_discarded(
     server: Server, make_pool: MakePool
 ) -> None:
