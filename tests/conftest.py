@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import pytest
+from tcpproxy import TCPProxy
 
 REQUIRE_SERVICES = os.environ.get("POODLE_REQUIRE_SERVICES") == "1"
 
@@ -87,6 +89,35 @@ def _free_port() -> int:
 def free_port() -> Iterator[int]:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     yield _free_port()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``predicate`` every 20 ms until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what or predicate!r}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[int], TCPProxy]]:
+    """Make a :class:`TCPProxy` in front of a loopback port: ``tcp_proxy(5432)``.
+
+    Every proxy made is closed at the end, and the test fails if one of its
+    threads is still running.
+    """
+    proxies: list[TCPProxy] = []
+
+    def make(port: int) -> TCPProxy:
+        proxy = TCPProxy(port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+    assert [proxy.threads_alive() for proxy in proxies] == [0] * len(proxies)
 
 
 # -- CherryPy ----------------------------------------------------------------

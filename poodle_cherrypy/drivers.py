@@ -1,0 +1,280 @@
+"""Recipes for real drivers: ``check``, ``reset`` and ``broken`` callables for :class:`Pool`.
+
+Each recipe is a plain module-level function, so it can be passed to the pool
+from Python or named in a config file as ``"module:callable"``, e.g.
+``"poodle_cherrypy.drivers:psycopg_reset"``. Nothing here imports a driver
+when the module is imported: a recipe works on the connection it is given, so
+the drivers stay optional.
+
+Every recipe is cheap: a check is one round trip, a reset at most one (rolling
+back a psycopg connection that is not in a transaction costs none), except the
+opt-in session resets, which say what they cost. A recipe that fails raises,
+and the pool then disposes of the connection and logs why: a connection the
+recipe cannot vouch for is never handed out again.
+
+PostgreSQL, psycopg 3 (``psycopg.connect``):
+    :func:`psycopg_check`, :func:`psycopg_reset`, :func:`psycopg_discard_all`,
+    :func:`psycopg_broken`.
+MariaDB/MySQL, PyMySQL (``pymysql.connect``):
+    :func:`pymysql_check`, :func:`pymysql_reset`, :func:`pymysql_reset_session`.
+Redis, redis-py (:func:`redis_client` as the factory):
+    :func:`redis_check`, :func:`redis_reset`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis
+
+__all__ = [
+    "psycopg_broken",
+    "psycopg_check",
+    "psycopg_discard_all",
+    "psycopg_reset",
+    "pymysql_check",
+    "pymysql_reset",
+    "pymysql_reset_session",
+    "redis_check",
+    "redis_client",
+    "redis_reset",
+]
+
+
+# -- PostgreSQL: psycopg 3 ----------------------------------------------------
+
+
+def _psycopg_refuse_busy(conn: psycopg.Connection[Any]) -> None:
+    """Raise if a command is still running on ``conn``: a result being streamed
+    (``cursor.stream()``) holds the connection's lock, and a rollback or a ping
+    would wait for it forever, in the very thread that holds it."""
+    from psycopg import pq
+
+    if conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
+        raise RuntimeError(
+            "a command is still running on the connection (a result being streamed?)"
+        )
+
+
+def _psycopg_run_outside_transaction(conn: psycopg.Connection[Any], query: str) -> None:
+    """Run ``query`` without leaving a transaction open.
+
+    With autocommit off psycopg sends BEGIN before the first statement when no
+    transaction is open; a statement run here (a ping, DISCARD ALL) must not
+    leave one behind. Inside a transaction a statement opens nothing, so it
+    runs as it is. It is never prepared: psycopg prepares a query it has seen
+    five times, and a prepared ping would not survive a DISCARD ALL (nor a
+    prepared DISCARD ALL itself).
+    """
+    from psycopg import pq
+
+    if conn.autocommit or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        conn.execute(query, prepare=False)
+        return
+    conn.autocommit = True
+    try:
+        conn.execute(query, prepare=False)
+    finally:
+        if not conn.closed:  # a lost connection would mask the real error
+            conn.autocommit = False
+
+
+def psycopg_check(conn: psycopg.Connection[Any]) -> None:
+    """``check``: one round trip (an empty query) that raises if the server is gone.
+
+    It opens no transaction (``SELECT 1`` with autocommit off would, and the
+    user's ``with conn.transaction():`` would then only make a savepoint), and
+    it works inside a transaction left open as well. It raises at once on a
+    connection with a command still running.
+    """
+    _psycopg_refuse_busy(conn)
+    _psycopg_run_outside_transaction(conn, "")
+
+
+def psycopg_reset(conn: psycopg.Connection[Any]) -> None:
+    """``reset``: roll back whatever transaction the block left open or failed.
+
+    Free when no transaction is open (psycopg sends nothing then), one round
+    trip otherwise. Session state set outside a transaction (``SET``,
+    temporary tables, prepared statements, advisory locks) and the
+    connection's Python attributes (``autocommit``, ``isolation_level``,
+    ``read_only``) stay as the block left them; see :func:`psycopg_discard_all`.
+    It raises at once on a connection with a command still running (a
+    ``cursor.stream()`` left half-read), where psycopg's rollback would hang.
+    """
+    _psycopg_refuse_busy(conn)
+    conn.rollback()
+
+
+def psycopg_discard_all(conn: psycopg.Connection[Any]) -> None:
+    """``reset``: roll back, then ``DISCARD ALL``: the session as a new one.
+
+    ``DISCARD ALL`` resets every ``SET`` (``search_path``, ``statement_timeout``,
+    ``SET ROLE``...), drops temporary tables, deallocates prepared statements
+    (psycopg notices and forgets its own), releases advisory locks and stops
+    ``LISTEN``. It cannot run in a transaction block, so it runs after the
+    rollback, with autocommit switched on for it and restored afterwards.
+    Costs one round trip more than :func:`psycopg_reset`. The connection's
+    Python attributes (``autocommit``, ``isolation_level``, ``read_only``) stay
+    as the block left them. Like :func:`psycopg_reset`, it raises on a
+    connection with a command still running.
+    """
+    psycopg_reset(conn)
+    _psycopg_run_outside_transaction(conn, "DISCARD ALL")
+
+
+def psycopg_broken(conn: psycopg.Connection[Any], exc: Optional[BaseException]) -> bool:
+    """``broken``: discard a connection only when psycopg says it is lost or busy.
+
+    psycopg marks a connection ``closed`` the moment it finds it lost. The
+    default rule (:func:`~poodle_cherrypy.is_broken`) also discards one whose
+    block raised any ``OperationalError``, which in psycopg includes deadlocks,
+    serialization failures, lock and statement timeouts: with this rule those
+    cost a rollback instead of a reconnect. A connection left with a command
+    still running (a half-read result) is discarded as well. Use it with
+    :func:`psycopg_reset` or :func:`psycopg_discard_all`, which put a failed
+    transaction back in order.
+    """
+    from psycopg import pq
+
+    status = conn.info.transaction_status
+    return conn.closed or status in (pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN)
+
+
+# -- MariaDB/MySQL: PyMySQL ---------------------------------------------------
+
+#: The protocol command that resets a session (MySQL 5.7.3+, MariaDB 10.2.4+).
+_COM_RESET_CONNECTION = 0x1F
+
+
+def pymysql_check(conn: Any) -> None:
+    """``check``: ``COM_PING``, one round trip; raises if the server is gone.
+
+    It never reconnects (``reconnect=False``): the pool replaces a dead
+    connection itself, and counts it.
+    """
+    conn.ping(reconnect=False)
+
+
+def pymysql_reset(conn: Any) -> None:
+    """``reset``: ``ROLLBACK``, one round trip, every time.
+
+    It undoes uncommitted writes and releases row locks; it always asks the
+    server, because PyMySQL does not track whether a transaction is open (with
+    autocommit off even a ``SELECT`` opens one). It does not touch the rest of
+    the session: user variables (``@x``), ``SET SESSION`` variables, temporary
+    tables, ``USE``, ``SET NAMES``, ``GET_LOCK()`` locks and prepared
+    statements survive into the next checkout. See :func:`pymysql_reset_session`.
+    """
+    conn.rollback()
+
+
+def pymysql_reset_session(conn: Any) -> None:
+    """``reset``: reset the whole session, then redo PyMySQL's connect-time set-up.
+
+    Sends ``COM_RESET_CONNECTION``, which rolls back and clears user and
+    session variables, temporary tables, prepared statements and locks, on the
+    same connection (same connection id, no new authentication). PyMySQL has
+    no public call for it, so it is sent through PyMySQL's internal
+    ``_execute_command``/``_read_ok_packet``, the calls its own ``ping()`` makes
+    (tested with PyMySQL 1.2 on MariaDB 10.11): should a PyMySQL
+    release drop them, this raises and the pool discards the connection,
+    degrading to a reconnect, never to reusing a dirty session.
+
+    The server's reset also reverts what PyMySQL set up when it connected, so
+    that is done again, as ``connect()`` does it: the configured database
+    (the server keeps the one a ``USE`` chose), ``SET NAMES``, ``sql_mode``,
+    ``init_command`` and the autocommit mode. About four round trips in all.
+    """
+    conn._execute_command(_COM_RESET_CONNECTION, b"")
+    conn._read_ok_packet()
+    if conn.db:
+        conn.select_db(conn.db)
+    conn.set_character_set(conn.charset, conn.collation)
+    if conn.sql_mode is not None:
+        with conn.cursor() as cursor:
+            cursor.execute("SET sql_mode=%s", (conn.sql_mode,))
+    if conn.init_command is not None:
+        with conn.cursor() as cursor:
+            cursor.execute(conn.init_command)
+    if conn.autocommit_mode is not None:
+        conn.autocommit(conn.autocommit_mode)
+
+
+# -- Redis: redis-py ----------------------------------------------------------
+
+
+def redis_client(url: str, **kwargs: Any) -> redis.Redis:
+    """``factory``: a ``redis.Redis`` for ``url`` that owns exactly one connection.
+
+    The pooled "connection" is a ``redis.Redis`` made with
+    ``single_connection_client=True``: one socket, connected here (so an
+    outage reaches the pool's circuit breaker), with the whole command API. A
+    plain ``redis.Redis`` would be a pool inside the pool, and a request's
+    ``SELECT`` or ``MULTI`` would land on whichever socket it lent. A bare
+    ``redis.Connection`` has the socket but none of the commands. (A
+    ``pipeline()`` still borrows a second socket from the client's own pool;
+    it cleans up after itself, and it is closed with the client.)
+
+    redis-py's own retries are turned off (in redis-py 8, ``Redis()`` retries
+    a lost connection 10 times with backoff, ``from_url()`` not at all): a
+    retry reconnects behind the pool's back, hides the loss from ``broken``
+    and stretches every command of an outage; the pool's circuit breaker
+    deals with outages.
+    ``kwargs`` go to ``redis.Redis.from_url`` and override these defaults.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    options: dict[str, Any] = {
+        "single_connection_client": True,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    options.update(kwargs)
+    return redis.Redis.from_url(url, **options)
+
+
+def redis_check(conn: redis.Redis) -> None:
+    """``check``: ``PING``, one round trip; raises if the server is gone."""
+    conn.ping()
+
+
+def redis_reset(conn: redis.Redis) -> None:
+    """``reset``: undo what a request can leave on its connection, in one round trip.
+
+    For a client made by :func:`redis_client`: raises if the connection was
+    lost, has replies left unread or was closed by the server (all seen
+    without a round trip), then sends ``DISCARD`` (ends a ``MULTI`` left open;
+    its error when there is none is expected), ``UNWATCH`` and ``SELECT`` of
+    the configured database together, and raises unless the last two answer
+    OK. Not undone: ``CLIENT SETNAME``, ``CLIENT TRACKING``, ``READONLY`` and
+    pub/sub subscriptions (use a separate client for pub/sub).
+    """
+    from redis import exceptions
+
+    connection: Any = conn.connection  # redis-py leaves its Connection methods untyped
+    if connection is None:
+        raise TypeError(
+            "redis_reset needs a client made with single_connection_client=True "
+            "(see poodle_cherrypy.drivers.redis_client)"
+        )
+    # redis-py drops the socket of a connection that failed (in a block that
+    # caught the error); can_read() would then reconnect behind the pool's back.
+    if connection._sock is None:
+        raise exceptions.ConnectionError("the connection was lost")
+    if connection.can_read():
+        raise exceptions.ConnectionError("the connection has unread replies")
+    connection.send_packed_command(
+        connection.pack_commands([("DISCARD",), ("UNWATCH",), ("SELECT", connection.db)]),
+        check_health=False,
+    )
+    with contextlib.suppress(exceptions.ResponseError):  # "DISCARD without MULTI", as usual
+        connection.read_response()
+    for command in ("UNWATCH", "SELECT"):
+        reply = connection.read_response()
+        if reply not in (b"OK", "OK"):
+            raise exceptions.ResponseError(f"unexpected reply to {command} in reset: {reply!r}")
