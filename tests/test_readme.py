@@ -94,3 +94,29 @@ def test_readme_cherrypy_example_serves(
     pool = namespace["poodle_cherrypy"].get_pool()
     stats = pool.stats()
     assert (stats.max_size, stats.in_use, stats.checkouts) == (8, 0, 4)
+
+
+def test_readme_config_file_example_declares_its_pool(tmp_path: Path, cp_engine: Any) -> None:
+    """The INI example is a config file CherryPy reads as it stands."""
+    import cherrypy
+
+    from poodle_cherrypy import PoodlePlugin, drivers
+    from poodle_cherrypy.plugin import _tool_config_problems
+
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("    [global]")
+    end = start
+    while end < len(lines) and (not lines[end].strip() or lines[end].startswith("    ")):
+        end += 1
+    conf = tmp_path / "app.conf"
+    conf.write_text(textwrap.dedent("\n".join(lines[start:end])), encoding="utf-8")
+
+    cherrypy.config.update(str(conf))
+    cherrypy.tree.mount(None, "/", str(conf))
+
+    plugin = PoodlePlugin.for_bus()
+    stats = plugin.pools["default"].stats()
+    assert (stats.min_size, stats.max_size, stats.created) == (2, 16, 0)  # declared, not connected
+    assert plugin.pools["default"]._reset is drivers.psycopg_reset
+    assert plugin.maintain_interval == 10.0
+    assert _tool_config_problems(plugin.pools) == []
