@@ -205,6 +205,44 @@ def test_graceful_recycles_connections(cp_engine: Any, tmp_path: Path) -> None:
     assert pool.stats().size == len(fresh)
 
 
+def test_graceful_retires_a_connection_in_use_when_it_comes_back(
+    cp_engine: Any, tmp_path: Path
+) -> None:
+    factory = Connections(tmp_path / "a.db")
+    plugin = PoodlePlugin(cherrypy.engine, {"default": {"factory": factory}})
+    plugin.subscribe()
+    entered = threading.Event()
+    release = threading.Event()
+
+    class Slow:
+        @cherrypy.expose
+        def index(self) -> str:
+            entered.set()
+            release.wait(30)
+            return repr(cherrypy.request.conn.execute("SELECT 1").fetchone())
+
+    app = webtest.TestApp(cherrypy.tree.mount(Slow(), "/", {"/": {"tools.poodle.on": True}}))
+    cherrypy.engine.start()
+    answers: list[str] = []
+    client = threading.Thread(target=lambda: answers.append(app.get("/").text))
+    client.start()
+    try:
+        assert entered.wait(30), "the request did not get going"
+        [held] = factory.opened
+        cherrypy.engine.graceful()
+        assert not is_closed(held)  # never closed under the request using it
+    finally:
+        release.set()
+        client.join(30)
+    assert not client.is_alive()
+    assert answers == ["(1,)"]
+    assert is_closed(held)  # retired when it came back
+    pool = plugin.pools["default"]
+    assert (pool.stats().in_use, pool.stats().size) == (0, 0)
+    assert app.get("/").text == "(1,)"
+    assert len(factory.opened) == 2 and not is_closed(factory.opened[1])
+
+
 def test_maintenance_runs_on_a_monitor_and_refills(cp_engine: Any, tmp_path: Path) -> None:
     factory = Connections(tmp_path / "a.db")
     factory.failing = True
@@ -246,6 +284,29 @@ def test_maintenance_survives_errors_and_closed_pools(
     wait_for(lambda: flaky.runs >= 3, "maintenance to go on after an error")
     assert "maintaining pool 'flaky' failed" in caplog.text
     assert "maintenance blew up" in caplog.text
+
+
+class CountedMaintenance(Pool[Any]):
+    """A pool that counts its maintain() runs."""
+
+    def __init__(self) -> None:
+        super().__init__(object, name="counted")
+        self.runs = 0
+
+    def maintain(self) -> None:
+        self.runs += 1
+        super().maintain()
+
+
+def test_stop_stops_maintenance(cp_engine: Any) -> None:
+    pool = CountedMaintenance()
+    PoodlePlugin(cherrypy.engine, {"counted": pool}, maintain_interval=0.02).subscribe()
+    cherrypy.engine.start()
+    wait_for(lambda: pool.runs >= 2, "maintenance to run")
+    cherrypy.engine.stop()
+    runs = pool.runs
+    time.sleep(0.5)  # 25 intervals
+    assert pool.runs <= runs + 1  # at most the run that was under way
 
 
 def test_a_pool_added_while_running_is_opened(cp_engine: Any, tmp_path: Path) -> None:
