@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import cherrypy
 import pytest
@@ -489,6 +489,49 @@ def test_tool_on_without_a_default_pool_is_caught_at_start(cp_engine: Any) -> No
     cherrypy.tree.mount(Root(), "/", {"/": {"tools.poodle.on": True, "tools.poodle.pool": "main"},
                                       "/sub": {"tools.poodle.on": True}})
     assert _tool_config_problems({"main": Pool(object)}) == []
+
+
+class NamesMain(Root):
+    _cp_config: ClassVar[dict[str, Any]] = {"tools.poodle.pool": "main"}
+
+
+class Site(Root):
+    api = NamesMain()
+
+
+def test_tool_on_check_sees_the_pool_named_globally_or_by_a_controller(cp_engine: Any) -> None:
+    # Valid config the start-time check must not reject: rejecting it makes
+    # CherryPy exit the process at start.
+    from poodle_cherrypy.plugin import _tool_config_problems
+
+    pools = {"main": Pool(sqlite3.connect, (":memory:",), {"check_same_thread": False})}
+    PoodlePlugin(cherrypy.engine, pools).subscribe()
+    # Every request below is served from pool 'main' (the engine is not
+    # started: the pool is open from its construction).
+
+    # The root controller names the pool for its whole app, a sub-controller
+    # for its subtree.
+    a = webtest.TestApp(cherrypy.tree.mount(NamesMain(), "/a", {"/": {"tools.poodle.on": True}}))
+    b = webtest.TestApp(cherrypy.tree.mount(Site(), "/b", {"/api": {"tools.poodle.on": True}}))
+    assert a.get("/a/").text == b.get("/b/api/").text == "(1,)"
+    assert _tool_config_problems(pools) == []
+
+    # Switched on for every app in global config, each app naming its pool at
+    # its root, in its config or by its root controller.
+    cherrypy.tree.apps.clear()
+    cherrypy.config.update({"tools.poodle.on": True})
+    c = webtest.TestApp(cherrypy.tree.mount(Root(), "/c", {"/": {"tools.poodle.pool": "main"}}))
+    a = webtest.TestApp(cherrypy.tree.mount(NamesMain(), "/a"))
+    assert c.get("/c/").text == a.get("/a/").text == "(1,)"
+    assert pools["main"].stats().checkouts == 4
+    assert _tool_config_problems(pools) == []
+
+    # An app that names no pool under the global switch is still caught.
+    cherrypy.tree.mount(Root(), "/d")
+    assert _tool_config_problems(pools) == [
+        "global tools.poodle.on: uses pool 'default', which is not declared; the pools are "
+        "['main'] (set tools.poodle.pool)"
+    ]
 
 
 def test_log_lines_name_the_pool(cp_engine: Any, caplog: pytest.LogCaptureFixture) -> None:
