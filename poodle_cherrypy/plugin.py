@@ -309,7 +309,9 @@ def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
     """What is wrong with the ``tools.<poodle tool>.*`` keys of the mounted apps.
 
     Checks app config (files and dicts given to ``tree.mount``) and global
-    config; ``_cp_config`` on handlers is only seen when a request uses it.
+    config. A pool named in the ``_cp_config`` of a controller on a section's
+    path counts for that section; other ``_cp_config`` is only seen when a
+    request uses it.
     """
     tools = {
         name: tool
@@ -346,7 +348,7 @@ def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
                 option == "on"
                 and value
                 and "default" not in pools
-                and not _set_above(sections, app, section, f"tools.{tool_name}.pool")
+                and _pool_unset(sections, app, section, f"tools.{tool_name}.pool")
             ):
                 problems.append(
                     f"{where} {key}: uses pool 'default', which is not declared; the pools "
@@ -355,10 +357,23 @@ def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
     return problems
 
 
+def _pool_unset(
+    sections: list[tuple[Any, str, str, Mapping[str, Any]]], app: Any, section: str, key: str
+) -> bool:
+    """Whether the tool switched on at ``section`` of ``app`` has no pool set; switched on
+    in global config (``app`` None), whether some mounted app has none set at its root."""
+    if app is None:
+        return any(
+            not _set_above(sections, each, "/", key) for each in cherrypy.tree.apps.values()
+        )
+    return not _set_above(sections, app, section, key)
+
+
 def _set_above(
     sections: list[tuple[Any, str, str, Mapping[str, Any]]], app: Any, section: str, key: str
 ) -> bool:
-    """Whether app section ``section``, one of its ancestors or the global config sets ``key``."""
+    """Whether app section ``section``, one of its ancestors, the ``_cp_config`` of a
+    controller on its path or the global config sets ``key``."""
     for other_app, _, other, conf in sections:
         if key in conf and (
             other_app is None
@@ -368,4 +383,19 @@ def _set_above(
             )
         ):
             return True
-    return False
+    return any(key in conf for conf in _controller_configs(app, section))
+
+
+def _controller_configs(app: Any, section: str) -> list[Mapping[str, Any]]:
+    """The ``_cp_config`` of each controller from ``app.root`` down to ``section``."""
+    configs = []
+    node = getattr(app, "root", None)
+    for name in ["", *(part for part in section.split("/") if part)]:
+        if name:
+            node = getattr(node, name, None)
+        if node is None:
+            break
+        conf = getattr(node, "_cp_config", None)
+        if isinstance(conf, Mapping):
+            configs.append(conf)
+    return configs

@@ -39,7 +39,9 @@ class ServiceUnavailable(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy 
 class _Checkout:
     """One request's checkout: everything lives here, reached from request.hooks."""
 
-    __slots__ = ("attribute", "body", "conn", "decided", "error", "lease", "transaction")
+    __slots__ = (
+        "attribute", "body", "conn", "cut_short", "decided", "error", "lease", "transaction",
+    )
 
     def __init__(self, lease: Lease[Any], conn: Any, attribute: str, transaction: bool) -> None:
         self.lease = lease
@@ -49,6 +51,7 @@ class _Checkout:
         self.error: Optional[BaseException] = None
         self.body: Optional[Generator[Any, None, None]] = None  # the watched lazy body, if any
         self.decided = False  # committed or rolled back already
+        self.cut_short = False  # the lazy body was closed before its end (the client left)
 
 
 class _WatchedHandler:
@@ -81,6 +84,9 @@ def _watched(body: Iterator[Any], checkout: _Checkout) -> Generator[Any, None, N
     try:
         yield from body  # close() reaches the handler's generator too
     except GeneratorExit:
+        # Closed part-way: the client went away. Nothing wrong with the
+        # connection, but the work is unfinished: no commit.
+        checkout.cut_short = True
         raise
     except BaseException as exc:
         checkout.error = exc
@@ -108,7 +114,8 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
       when the response status is below 400 and the handler raised nothing
       but a redirect, roll back otherwise. The commit happens before the
       response is sent (so a client that got 2xx can read its own write), or
-      after a streamed body; a failing commit turns the response into a 500.
+      after a streamed body, which rolls back if the client goes away before
+      its end; a failing commit turns the response into a 500.
     - ``tools.poodle.retry_after`` (5): the ``Retry-After`` seconds of the 503
       sent when no connection can be had (pool exhausted, closed, or the
       factory failing); the cause is logged, never sent.
@@ -194,14 +201,19 @@ def _end_transaction_early(checkout: _Checkout) -> None:
 
 
 def _end_transaction(checkout: _Checkout) -> None:
-    """Commit if the status is below 400 and nothing but a redirect was raised; else roll back."""
+    """Commit if the status is below 400, nothing but a redirect was raised and the
+    body was not cut short; else roll back."""
     checkout.decided = True
     try:
         code = httputil.valid_status(cherrypy.serving.response.status)[0]
     except ValueError:
         code = 500
     error = checkout.error
-    ok = code < 400 and (error is None or isinstance(error, cherrypy.HTTPRedirect))
+    ok = (
+        code < 400
+        and not checkout.cut_short
+        and (error is None or isinstance(error, cherrypy.HTTPRedirect))
+    )
     try:
         if ok:
             checkout.conn.commit()

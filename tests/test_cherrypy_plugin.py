@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import cherrypy
 import pytest
@@ -205,6 +205,44 @@ def test_graceful_recycles_connections(cp_engine: Any, tmp_path: Path) -> None:
     assert pool.stats().size == len(fresh)
 
 
+def test_graceful_retires_a_connection_in_use_when_it_comes_back(
+    cp_engine: Any, tmp_path: Path
+) -> None:
+    factory = Connections(tmp_path / "a.db")
+    plugin = PoodlePlugin(cherrypy.engine, {"default": {"factory": factory}})
+    plugin.subscribe()
+    entered = threading.Event()
+    release = threading.Event()
+
+    class Slow:
+        @cherrypy.expose
+        def index(self) -> str:
+            entered.set()
+            release.wait(30)
+            return repr(cherrypy.request.conn.execute("SELECT 1").fetchone())
+
+    app = webtest.TestApp(cherrypy.tree.mount(Slow(), "/", {"/": {"tools.poodle.on": True}}))
+    cherrypy.engine.start()
+    answers: list[str] = []
+    client = threading.Thread(target=lambda: answers.append(app.get("/").text))
+    client.start()
+    try:
+        assert entered.wait(30), "the request did not get going"
+        [held] = factory.opened
+        cherrypy.engine.graceful()
+        assert not is_closed(held)  # never closed under the request using it
+    finally:
+        release.set()
+        client.join(30)
+    assert not client.is_alive()
+    assert answers == ["(1,)"]
+    assert is_closed(held)  # retired when it came back
+    pool = plugin.pools["default"]
+    assert (pool.stats().in_use, pool.stats().size) == (0, 0)
+    assert app.get("/").text == "(1,)"
+    assert len(factory.opened) == 2 and not is_closed(factory.opened[1])
+
+
 def test_maintenance_runs_on_a_monitor_and_refills(cp_engine: Any, tmp_path: Path) -> None:
     factory = Connections(tmp_path / "a.db")
     factory.failing = True
@@ -246,6 +284,29 @@ def test_maintenance_survives_errors_and_closed_pools(
     wait_for(lambda: flaky.runs >= 3, "maintenance to go on after an error")
     assert "maintaining pool 'flaky' failed" in caplog.text
     assert "maintenance blew up" in caplog.text
+
+
+class CountedMaintenance(Pool[Any]):
+    """A pool that counts its maintain() runs."""
+
+    def __init__(self) -> None:
+        super().__init__(object, name="counted")
+        self.runs = 0
+
+    def maintain(self) -> None:
+        self.runs += 1
+        super().maintain()
+
+
+def test_stop_stops_maintenance(cp_engine: Any) -> None:
+    pool = CountedMaintenance()
+    PoodlePlugin(cherrypy.engine, {"counted": pool}, maintain_interval=0.02).subscribe()
+    cherrypy.engine.start()
+    wait_for(lambda: pool.runs >= 2, "maintenance to run")
+    cherrypy.engine.stop()
+    runs = pool.runs
+    time.sleep(0.5)  # 25 intervals
+    assert pool.runs <= runs + 1  # at most the run that was under way
 
 
 def test_a_pool_added_while_running_is_opened(cp_engine: Any, tmp_path: Path) -> None:
@@ -428,6 +489,49 @@ def test_tool_on_without_a_default_pool_is_caught_at_start(cp_engine: Any) -> No
     cherrypy.tree.mount(Root(), "/", {"/": {"tools.poodle.on": True, "tools.poodle.pool": "main"},
                                       "/sub": {"tools.poodle.on": True}})
     assert _tool_config_problems({"main": Pool(object)}) == []
+
+
+class NamesMain(Root):
+    _cp_config: ClassVar[dict[str, Any]] = {"tools.poodle.pool": "main"}
+
+
+class Site(Root):
+    api = NamesMain()
+
+
+def test_tool_on_check_sees_the_pool_named_globally_or_by_a_controller(cp_engine: Any) -> None:
+    # Valid config the start-time check must not reject: rejecting it makes
+    # CherryPy exit the process at start.
+    from poodle_cherrypy.plugin import _tool_config_problems
+
+    pools = {"main": Pool(sqlite3.connect, (":memory:",), {"check_same_thread": False})}
+    PoodlePlugin(cherrypy.engine, pools).subscribe()
+    # Every request below is served from pool 'main' (the engine is not
+    # started: the pool is open from its construction).
+
+    # The root controller names the pool for its whole app, a sub-controller
+    # for its subtree.
+    a = webtest.TestApp(cherrypy.tree.mount(NamesMain(), "/a", {"/": {"tools.poodle.on": True}}))
+    b = webtest.TestApp(cherrypy.tree.mount(Site(), "/b", {"/api": {"tools.poodle.on": True}}))
+    assert a.get("/a/").text == b.get("/b/api/").text == "(1,)"
+    assert _tool_config_problems(pools) == []
+
+    # Switched on for every app in global config, each app naming its pool at
+    # its root, in its config or by its root controller.
+    cherrypy.tree.apps.clear()
+    cherrypy.config.update({"tools.poodle.on": True})
+    c = webtest.TestApp(cherrypy.tree.mount(Root(), "/c", {"/": {"tools.poodle.pool": "main"}}))
+    a = webtest.TestApp(cherrypy.tree.mount(NamesMain(), "/a"))
+    assert c.get("/c/").text == a.get("/a/").text == "(1,)"
+    assert pools["main"].stats().checkouts == 4
+    assert _tool_config_problems(pools) == []
+
+    # An app that names no pool under the global switch is still caught.
+    cherrypy.tree.mount(Root(), "/d")
+    assert _tool_config_problems(pools) == [
+        "global tools.poodle.on: uses pool 'default', which is not declared; the pools are "
+        "['main'] (set tools.poodle.pool)"
+    ]
 
 
 def test_log_lines_name_the_pool(cp_engine: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -162,6 +162,51 @@ def test_client_disconnecting_mid_stream_gives_the_connection_back(
     assert pool.stats().discarded == 0
 
 
+def test_a_stream_cut_short_by_the_client_rolls_its_transaction_back(
+    cp_server: str, tmp_path: Path
+) -> None:
+    pool = sqlite_pool(tmp_path)
+    setup = sqlite3.connect(tmp_path / "app.db")
+    setup.execute("CREATE TABLE exported (n INTEGER)")
+    setup.commit()
+    setup.close()
+    written: list[int] = []
+
+    class Export:
+        @cherrypy.expose
+        @cherrypy.config(**{"response.stream": True})
+        def index(self) -> Iterator[bytes]:
+            conn = cherrypy.request.conn
+
+            def body() -> Iterator[bytes]:
+                for n in range(10_000):  # about 650 MB: far more than the client reads
+                    conn.execute("INSERT INTO exported VALUES (?)", (n,))
+                    written.append(n)
+                    yield b"x" * 65536
+
+            return body()
+
+    start(pool, Export(), {"tools.poodle.transaction": True})
+    url = urlsplit(cp_server)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        received = 0
+        while received < 200_000:
+            data = sock.recv(65536)
+            assert data
+            received += len(data)
+    # The client is gone before the end of the body: what it wrote is not kept.
+
+    wait_for(lambda: pool.stats().in_use == 0, "the connection to come back")
+    assert 0 < len(written) < 10_000
+    check = sqlite3.connect(tmp_path / "app.db")
+    try:
+        assert check.execute("SELECT count(*) FROM exported").fetchone() == (0,)
+    finally:
+        check.close()
+    assert pool.stats().discarded == 0  # a client going away breaks no connection
+
+
 def test_engine_stop_lets_a_request_in_flight_finish_before_closing_pools(
     cp_server: str, tmp_path: Path
 ) -> None:

@@ -342,6 +342,46 @@ def test_request_state_is_never_kept_on_the_tool(cp_engine: Any, db: Path) -> No
     assert vars(cherrypy.tools.poodle) == before
 
 
+def test_hooks_after_the_give_back_no_longer_see_the_connection(cp_engine: Any, db: Path) -> None:
+    # Once given back the connection may be another request's: nothing that
+    # runs later in this request reaches it through request.conn.
+    seen: list[object] = []
+    cherrypy.tools.late = cherrypy.Tool(
+        "on_end_request", lambda: seen.append(getattr(cherrypy.request, "conn", None)),
+        priority=90,
+    )
+    try:
+        pool = make_pool(db)
+        root = Paths(pool)
+        app = serve(root, {"default": pool}, {"tools.late.on": True})
+        for path in ("/index", "/error", "/stream", "/internal"):
+            app.get(path, expect_errors=True)
+        assert len(root.seen) >= 4, "the handlers did not run"
+        assert seen == [None] * 5  # /internal is two requests
+    finally:
+        del cherrypy.tools.late
+
+
+@pytest.fixture
+def fresh_cache() -> Iterator[None]:
+    """An empty tools.caching cache, left empty for the next test."""
+    yield
+    cache = getattr(cherrypy, "_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
+def test_a_cache_hit_checks_nothing_out(cp_engine: Any, db: Path, fresh_cache: None) -> None:
+    pool = make_pool(db)
+    root = Paths(pool)
+    app = serve(root, {"default": pool}, {"tools.caching.on": True})
+    assert app.get("/index").text == "ok"
+    assert app.get("/index").text == "ok"  # from the cache: tools.caching (90) answered
+    assert len(root.seen) == 1
+    stats = pool.stats()
+    assert (stats.checkouts, stats.in_use) == (1, 0)
+
+
 # -- transactions --------------------------------------------------------------
 
 
@@ -438,6 +478,34 @@ def test_a_lazy_body_runs_inside_the_transaction(cp_engine: Any, db: Path) -> No
     assert rows(db) == ["lazy"]
 
 
+def test_a_body_left_lazy_by_tools_encode_runs_inside_the_transaction(
+    cp_engine: Any, db: Path
+) -> None:
+    # tools.encode collapses a text/* body while the handler is called; a body
+    # of another type stays a generator until the response is finalized.
+    stages: list[str] = []
+
+    class Root:
+        @cherrypy.expose
+        def export(self) -> Iterator[bytes]:
+            cherrypy.response.headers["Content-Type"] = "application/octet-stream"
+            conn = cherrypy.request.conn
+
+            def body() -> Iterator[bytes]:
+                stages.append(cherrypy.request.stage)
+                conn.execute("INSERT INTO items (v) VALUES ('exported')")
+                yield b"data"
+
+            return body()
+
+    pool = make_pool(db)
+    app = serve(Root(), {"default": pool}, {"tools.poodle.transaction": True})
+    assert app.get("/export").body == b"data"
+    assert stages == ["before_finalize"]  # after the handler returned
+    assert rows(db) == ["exported"]
+    assert pool.stats().in_use == 0
+
+
 def test_commit_happens_before_the_response_is_sent(cp_engine: Any, db: Path) -> None:
     # An on_end_request hook ahead of the tool's own sees the state after the
     # response went out: the write must already be visible to others.
@@ -483,6 +551,32 @@ def test_a_failing_commit_answers_500_and_writes_nothing(cp_engine: Any, tmp_pat
         assert check.execute("SELECT count(*) FROM child").fetchone() == (0,)
     stats = pool.stats()
     assert (stats.in_use, stats.discarded) == (0, 0)  # an IntegrityError breaks nothing
+
+
+class LosesConnectionOnCommit:
+    """A sqlite3 connection whose commit fails as a lost server connection does."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, check_same_thread=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def commit(self) -> None:
+        raise sqlite3.OperationalError("server closed the connection unexpectedly")
+
+
+@pytest.mark.parametrize(("path", "status"), [("/add", 500), ("/add_streamed", 200)])
+def test_a_commit_that_breaks_the_connection_discards_it(
+    cp_engine: Any, db: Path, path: str, status: int
+) -> None:
+    pool = Pool(lambda: LosesConnectionOnCommit(db), name="default",
+                reset=lambda conn: conn.rollback())
+    app = serve(Writes(), {"default": pool}, {"tools.poodle.transaction": True})
+    app.get(path, {"value": "x"}, status=status)  # streamed: the 200 was out before the commit
+    stats = pool.stats()
+    assert (stats.in_use, stats.discarded, stats.size) == (0, 1, 0)
+    assert rows(db) == []
 
 
 # -- no connection to be had: 503 -----------------------------------------------
