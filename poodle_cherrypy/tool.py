@@ -13,7 +13,7 @@ import cherrypy
 from cherrypy.lib import httputil
 
 from .errors import PoolError
-from .plugin import get_pool
+from .plugin import _plugins, get_pool
 from .pool import Lease
 
 __all__ = ["PoodleTool"]
@@ -36,61 +36,119 @@ class ServiceUnavailable(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy 
         cherrypy.serving.response.headers["Retry-After"] = str(self.retry_after)
 
 
+#: Bodies that are complete when the handler returns them (no code runs later).
+_READY_BODIES = frozenset({bytes, str, list, tuple, type(None)})
+
+
 class _Checkout:
-    """One request's checkout: everything lives here, reached from request.hooks."""
+    """One request's checkout, and the page handler wrapped to watch it.
+
+    It stands in ``request.handler`` (noting what the handler, or a lazy body
+    it returned, raised) and its bound methods are the request's hooks: all
+    the state lives here, reached from ``cherrypy.request``.
+    """
 
     __slots__ = (
-        "attribute", "body", "conn", "cut_short", "decided", "error", "lease", "transaction",
+        "attribute", "body", "conn", "cut_short", "decided", "error", "handler", "lease",
+        "transaction",
     )
 
-    def __init__(self, lease: Lease[Any], conn: Any, attribute: str, transaction: bool) -> None:
+    def __init__(
+        self, lease: Lease[Any], conn: Any, attribute: str, transaction: bool, handler: Any
+    ) -> None:
         self.lease = lease
         self.conn = conn
         self.attribute = attribute
         self.transaction = transaction
+        self.handler = handler
         self.error: Optional[BaseException] = None
         self.body: Optional[Generator[Any, None, None]] = None  # the watched lazy body, if any
         self.decided = False  # committed or rolled back already
         self.cut_short = False  # the lazy body was closed before its end (the client left)
 
-
-class _WatchedHandler:
-    """The page handler, wrapped to note what it raised, even from a lazy body."""
-
-    __slots__ = ("checkout", "inner")
-
-    def __init__(self, inner: Any, checkout: _Checkout) -> None:
-        self.inner = inner
-        self.checkout = checkout
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            body = self.inner(*args, **kwargs)
+            body = self.handler(*args, **kwargs)
         except BaseException as exc:
-            self.checkout.error = exc
+            self.error = exc
             raise
-        if isinstance(body, Iterator):
+        if type(body) not in _READY_BODIES and isinstance(body, Iterator):
             # A generator's code runs later (when the body is collapsed or
             # streamed), still on this request's connection.
-            body = self.checkout.body = _watched(body, self.checkout)
+            body = self.body = self._watched(body)
         return body
 
     def __getattr__(self, name: str) -> Any:
         # PageHandler's callable, args and kwargs, for code that inspects them.
-        return getattr(self.inner, name)
+        return getattr(self.handler, name)
 
+    def _watched(self, body: Iterator[Any]) -> Generator[Any, None, None]:
+        try:
+            yield from body  # close() reaches the handler's generator too
+        except GeneratorExit:
+            # Closed part-way: the client went away. Nothing wrong with the
+            # connection, but the work is unfinished: no commit.
+            self.cut_short = True
+            raise
+        except BaseException as exc:
+            self.error = exc
+            raise
 
-def _watched(body: Iterator[Any], checkout: _Checkout) -> Generator[Any, None, None]:
-    try:
-        yield from body  # close() reaches the handler's generator too
-    except GeneratorExit:
-        # Closed part-way: the client went away. Nothing wrong with the
-        # connection, but the work is unfinished: no commit.
-        checkout.cut_short = True
-        raise
-    except BaseException as exc:
-        checkout.error = exc
-        raise
+    def end_transaction_early(self) -> None:
+        """before_finalize: commit or roll back before the response is sent."""
+        response = cherrypy.serving.response
+        if response.stream:
+            return  # the body still runs on the connection: decide at the end
+        response.collapse_body()  # a lazy (generator) body runs now, inside the transaction
+        self.end_transaction()
+
+    def end_transaction(self) -> None:
+        """Commit if the status is below 400, nothing but a redirect was raised and
+        the body was not cut short; else roll back."""
+        self.decided = True
+        try:
+            code = httputil.valid_status(cherrypy.serving.response.status)[0]
+        except ValueError:
+            code = 500
+        error = self.error
+        ok = (
+            code < 400
+            and not self.cut_short
+            and (error is None or isinstance(error, cherrypy.HTTPRedirect))
+        )
+        try:
+            if ok:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+        except BaseException as exc:
+            self.error = exc  # the pool judges whether the connection survived it
+            raise
+
+    def give_back(self) -> None:
+        """on_end_request (failsafe): end the lazy body and the transaction, give back."""
+        try:
+            if self.body is not None:
+                try:
+                    self.body.close()  # its finally blocks run while we still hold the conn
+                except Exception as exc:
+                    self.error = exc
+                    cherrypy.log("closing the response body failed", "POODLE",
+                                 severity=logging.ERROR, traceback=True)
+            if self.transaction and not self.decided:
+                try:
+                    self.end_transaction()
+                except Exception:
+                    # The response is out already: all that is left is to log it.
+                    cherrypy.log("ending the transaction failed", "POODLE",
+                                 severity=logging.ERROR, traceback=True)
+        finally:
+            cherrypy.serving.request.__dict__.pop(self.attribute, None)
+            error = self.error
+            if error is None:
+                self.lease.__exit__(None, None, None)
+            else:
+                self.lease.__exit__(type(error), error, error.__traceback__)
 
 
 class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
@@ -140,35 +198,49 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         super().__init__("before_handler", self._checkout, priority=priority)
         self.__doc__ = type(self).__doc__
 
+    def _setargs(self) -> None:
+        # Tool gives itself an attribute per argument of its callable (for
+        # help()); "on" is Tool's read-only property, and not an argument to copy.
+        for name in self.poodle_options - {"on", "priority"}:
+            setattr(self, name, None)
+
     def _setup(self) -> None:
         # Right after dispatch, before other tools wrap the handler: a 404 or
         # 405 (no handler found) needs no connection.
-        if isinstance(cherrypy.serving.request.handler, cherrypy.HTTPError):
+        request = cherrypy.serving.request
+        if isinstance(request.handler, cherrypy.HTTPError):
             return
         # Hook only the checkout; the other hooks are attached by a checkout,
         # so a request that never checked one out has nothing to give back.
-        conf = self._merged_args()
-        priority = conf.pop("priority", self._priority)
-        cherrypy.serving.request.hooks.attach(
-            self._point, self._checkout, priority=priority, **conf
-        )
+        conf = request.toolmaps[self.namespace][self._name]  # "on" is among them
+        if "priority" in conf:
+            conf = dict(conf)
+            priority = conf.pop("priority")
+        else:
+            priority = self._priority
+        request.hooks.attach(self._point, self._checkout, priority=priority, **conf)
 
     def _checkout(
         self,
+        on: bool = True,
         pool: str = "default",
         timeout: Optional[float] = None,
         transaction: bool = False,
         retry_after: int = 5,
     ) -> None:
         request = cherrypy.serving.request
-        if request.handler is None:
+        handler = request.handler
+        if handler is None:
             return  # answered already (a cache hit, say): no connection needed
-        key = f"tools.{self._name}.pool"
-        try:
-            target = get_pool(pool)
-        except LookupError as exc:
-            cherrypy.log(f"{key} = {pool!r}: {exc}", "POODLE", severity=logging.ERROR)
-            raise cherrypy.HTTPError(500) from None
+        plugin = _plugins.get(cherrypy.engine)
+        target = plugin.pools.get(pool) if plugin is not None else None
+        if target is None:
+            try:
+                get_pool(pool)  # raises, saying what there is instead
+            except LookupError as exc:
+                cherrypy.log(f"tools.{self._name}.pool = {pool!r}: {exc}", "POODLE",
+                             severity=logging.ERROR)
+            raise cherrypy.HTTPError(500)
         lease = target.get(timeout)
         try:
             conn = lease.__enter__()
@@ -181,72 +253,11 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
                 severity=logging.ERROR, traceback=True,
             )
             raise ServiceUnavailable(retry_after) from None
-        checkout = _Checkout(lease, conn, self._attribute, bool(transaction))
+        checkout = _Checkout(lease, conn, self._attribute, bool(transaction), handler)
         setattr(request, self._attribute, conn)
-        request.handler = _WatchedHandler(request.handler, checkout)
+        request.handler = checkout
         hooks = request.hooks
-        if checkout.transaction:
+        if transaction:
             # Late, after encode and gzip, so the body it collapses is final.
-            hooks.attach("before_finalize", _end_transaction_early, priority=95, checkout=checkout)
-        hooks.attach("on_end_request", _give_back, failsafe=True, priority=80, checkout=checkout)
-
-
-def _end_transaction_early(checkout: _Checkout) -> None:
-    """before_finalize: commit or roll back before the response is sent."""
-    response = cherrypy.serving.response
-    if response.stream:
-        return  # the body still runs on the connection: decide at the end
-    response.collapse_body()  # a lazy (generator) body runs now, inside the transaction
-    _end_transaction(checkout)
-
-
-def _end_transaction(checkout: _Checkout) -> None:
-    """Commit if the status is below 400, nothing but a redirect was raised and the
-    body was not cut short; else roll back."""
-    checkout.decided = True
-    try:
-        code = httputil.valid_status(cherrypy.serving.response.status)[0]
-    except ValueError:
-        code = 500
-    error = checkout.error
-    ok = (
-        code < 400
-        and not checkout.cut_short
-        and (error is None or isinstance(error, cherrypy.HTTPRedirect))
-    )
-    try:
-        if ok:
-            checkout.conn.commit()
-        else:
-            checkout.conn.rollback()
-    except BaseException as exc:
-        checkout.error = exc  # the pool judges whether the connection survived it
-        raise
-
-
-def _give_back(checkout: _Checkout) -> None:
-    """on_end_request (failsafe): end the lazy body and the transaction, give back."""
-    request = cherrypy.serving.request
-    try:
-        if checkout.body is not None:
-            try:
-                checkout.body.close()  # its finally blocks run while we still hold the conn
-            except Exception as exc:
-                checkout.error = exc
-                cherrypy.log("closing the response body failed", "POODLE",
-                             severity=logging.ERROR, traceback=True)
-        if checkout.transaction and not checkout.decided:
-            try:
-                _end_transaction(checkout)
-            except Exception:
-                # The response is out already: all that is left is to log it.
-                cherrypy.log("ending the transaction failed", "POODLE",
-                             severity=logging.ERROR, traceback=True)
-    finally:
-        request.__dict__.pop(checkout.attribute, None)
-        error = checkout.error
-        checkout.lease.__exit__(
-            type(error) if error is not None else None,
-            error,
-            error.__traceback__ if error is not None else None,
-        )
+            hooks.attach("before_finalize", checkout.end_transaction_early, priority=95)
+        hooks.attach("on_end_request", checkout.give_back, failsafe=True, priority=80)
