@@ -156,3 +156,50 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     cherrypy = sys.modules.get("cherrypy")
     if cherrypy is not None and cherrypy.engine.state != cherrypy.engine.states.EXITING:
         cherrypy.engine.exit()
+
+
+# -- sample_app ----------------------------------------------------------------
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` (a postgresql:// URL) with its connections' search_path set to ``schema``."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[str]:
+    """A schema of its own in the PostgreSQL on loopback, for this test session.
+
+    Other sessions (other engineers, CI) use the same database at the same
+    time: each works in a ``poodle_app_<random>`` schema, dropped at the end.
+    Request it only after ``postgres_dsn``, which skips or fails without a server.
+    """
+    import uuid
+
+    import psycopg
+
+    schema = f"poodle_app_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sample_database(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """An empty database for the sample app, on each backend: an SQLite file
+    path (not created yet), or a postgresql:// URL into this session's schema
+    with no ``docs`` table in it."""
+    if request.param == "sqlite":
+        return str(tmp_path / "data" / "docs.sqlite3")
+    dsn = request.getfixturevalue("postgres_dsn")
+    schema = request.getfixturevalue("postgres_schema")
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {schema}.docs")
+    return with_search_path(dsn, schema)
