@@ -143,8 +143,14 @@ def cp_server(cp_engine: Any, free_port: int) -> str:
             "server.socket_port": free_port,
             "server.thread_pool": 16,
             "server.shutdown_timeout": 5,
+            # CherryPy's default listen backlog is 5: a burst of more client
+            # threads connecting at once can then see "connection reset".
+            "server.socket_queue_size": 64,
         }
     )
+    # cherrypy.server keeps the HTTP server it made at its first start, bound
+    # to that start's port: make it build a new one on this test's port.
+    cherrypy.server.httpserver = None
     cherrypy.server.subscribe()
     return f"http://127.0.0.1:{free_port}"
 
