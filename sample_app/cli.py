@@ -208,6 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "log.screen": True,
             "server.socket_host": DEFAULTS["host"],
             "server.socket_port": DEFAULTS["port"],
+            # CherryPy's listen backlog of 5 resets connections in a burst of clients.
+            "server.socket_queue_size": 128,
         }
     )
     try:
