@@ -8,6 +8,7 @@ pool if it declares ``poodle.default.*``), then the defaults.
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -222,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             overrides["server.socket_port"] = settings.port
         cherrypy.config.update(overrides)
         problem = _declare_pool(settings)
-    except (TypeError, ValueError, SyntaxError) as exc:
+    except (configparser.Error, TypeError, ValueError, SyntaxError) as exc:
         problem = f"{settings.config}: {exc}"
     if problem is not None:
         print(f"python -m sample_app: error: {problem}", file=sys.stderr)
