@@ -195,7 +195,7 @@ def postgres_schema() -> Iterator[str]:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def sample_database(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """An empty database for the sample app, on each backend: an SQLite file
     path (not created yet), or a postgresql:// URL into this session's schema

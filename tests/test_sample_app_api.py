@@ -411,6 +411,7 @@ def test_status_shows_every_pool_and_the_history(app: Any) -> None:
     assert (series["in_use"][-1], series["idle"][-1], series["max_size"][-1]) == (0, 1, 4)
 
 
+@pytest.mark.services
 def test_status_never_shows_the_database_url_or_its_password(
     cp_engine: Any, postgres_dsn: str, postgres_schema: str
 ) -> None:

@@ -172,7 +172,6 @@ def exercise(port: int) -> None:
     assert doc == {"_id": "hello", "_rev": body["rev"], "greeting": "hi"}
 
 
-@pytest.mark.slow
 def test_python_m_sample_app_serves_sqlite_and_stops_on_sigterm(
     tmp_path: Path, free_port: int
 ) -> None:
@@ -188,7 +187,6 @@ def test_python_m_sample_app_serves_sqlite_and_stops_on_sigterm(
     assert (tmp_path / "data" / "docs.sqlite3").is_file()
 
 
-@pytest.mark.slow
 def test_python_m_sample_app_with_app_conf(tmp_path: Path, free_port: int) -> None:
     # The port comes from the environment, over the file's 8080.
     server = Server(["--config", str(APP_CONF)], tmp_path, {"SAMPLE_APP_PORT": str(free_port)})
