@@ -45,6 +45,7 @@ __all__ = [
     "expose",
     "json_error_page",
     "read_docs_request",
+    "trim_error_body",
 ]
 
 #: Documents per page of ``GET /docs`` unless ``limit`` says otherwise.
@@ -101,6 +102,20 @@ def json_error_page(status: str, message: str, traceback: str, version: str) -> 
     cherrypy.serving.response.headers["Content-Type"] = "application/json"
     body = {"error": name, "reason": html.unescape(message)}
     return json.dumps(body).encode("ascii")
+
+
+def trim_error_body() -> None:
+    """``before_finalize`` and ``after_error_response`` hook: drop the spaces
+    CherryPy pads short error pages with (for old Internet Explorers) from the
+    JSON ones."""
+    response = cherrypy.serving.response
+    if response.headers.get("Content-Type") != "application/json" or response.stream:
+        return
+    if not str(response.status).startswith(("4", "5")):
+        return
+    body = response.collapse_body().rstrip(b" ")
+    response.body = body
+    response.headers["Content-Length"] = str(len(body))
 
 
 class Busy(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy is untyped

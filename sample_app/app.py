@@ -22,7 +22,14 @@ from cherrypy.process.plugins import SimplePlugin
 from poodle_cherrypy import get_pool
 
 from . import store
-from .api import DEFAULT_MAX_BODY, DocsAPI, StatusAPI, json_error_page, read_docs_request
+from .api import (
+    DEFAULT_MAX_BODY,
+    DocsAPI,
+    StatusAPI,
+    json_error_page,
+    read_docs_request,
+    trim_error_body,
+)
 from .history import PoolHistory
 from .web import STATIC_DIR, Root
 
@@ -56,6 +63,8 @@ def app_config(max_body: int = DEFAULT_MAX_BODY) -> dict[str, dict[str, Any]]:
     return {
         "/": {
             "error_page.default": json_error_page,
+            "hooks.before_finalize": trim_error_body,
+            "hooks.after_error_response": trim_error_body,
             "tools.allow.on": True,
             "tools.allow.methods": ["GET", "HEAD"],
         },

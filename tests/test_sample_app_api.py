@@ -58,6 +58,7 @@ def put(app: Any, doc_id: str, body: Any, status: Any = None) -> Any:
 def assert_error(res: Any, status: int, error: str) -> dict[str, Any]:
     assert res.status_int == status, res.text
     assert res.content_type == "application/json"
+    assert res.body == res.body.strip()  # no padding
     body: dict[str, Any] = json.loads(res.text)
     assert set(body) == {"error", "reason"}
     assert body["error"] == error
