@@ -131,13 +131,14 @@ class Server:
             if text in line:
                 return
 
-    def stop(self) -> int:
-        """SIGTERM, then the exit status (and the rest of the log)."""
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Send ``signum``; the exit status (and the rest of the log)."""
+        self.proc.send_signal(signum)
         try:
             code = self.proc.wait(EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {EXIT_TIMEOUT} s after SIGTERM; log:\n{''.join(self.log)}")
+            pytest.fail(f"still running {EXIT_TIMEOUT} s after {signal.Signals(signum).name}; "
+                        f"log:\n{''.join(self.log)}")
         self._reader.join(EXIT_TIMEOUT)
         while not self._lines.empty():
             line = self._lines.get_nowait()
@@ -172,14 +173,15 @@ def exercise(port: int) -> None:
     assert doc == {"_id": "hello", "_rev": body["rev"], "greeting": "hi"}
 
 
-def test_python_m_sample_app_serves_sqlite_and_stops_on_sigterm(
-    tmp_path: Path, free_port: int
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_python_m_sample_app_serves_sqlite_and_stops_cleanly(
+    tmp_path: Path, free_port: int, signum: int
 ) -> None:
     server = Server(["--port", str(free_port)], tmp_path)
     try:
         server.wait_for("Bus STARTED")
         exercise(free_port)
-        assert server.stop() == 0
+        assert server.stop(signum) == 0
     finally:
         server.kill()
     log = "".join(server.log)
