@@ -235,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cherrypy.engine.start()
     except Exception:
-        return 1  # the engine logged why, and exited
+        # The engine has logged why; a failing start listener usually makes it
+        # end the process itself (status 70) before this.
+        return 1
     cherrypy.engine.block()
     return 0
