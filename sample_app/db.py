@@ -160,12 +160,15 @@ def is_postgresql_url(database: str) -> bool:
 def connect_postgresql(url: str) -> psycopg.Connection[Any]:
     """A psycopg 3 connection to ``url`` (any libpq conninfo string or URL).
 
-    Not in autocommit mode: the first statement of a request opens a
-    transaction, which ``tools.poodle.transaction`` commits or rolls back.
+    In autocommit mode, as SQLite's are (see :func:`connect_sqlite`): a read
+    is one round trip, where psycopg's implicit transaction would add a
+    ``BEGIN`` and a ``COMMIT`` to every request. Writes begin with ``BEGIN``
+    (:meth:`Dialect.begin_write`); ``commit()`` and ``rollback()``, which
+    ``tools.poodle.transaction`` calls, end that transaction.
     """
     import psycopg  # only needed for PostgreSQL (the "postgresql" extra)
 
-    return psycopg.connect(url)
+    return psycopg.connect(url, autocommit=True)
 
 
 def ping(conn: Connection) -> None:
@@ -226,7 +229,7 @@ class Dialect:
     id_type: str
     """The column type of document ids: compared byte by byte in both."""
     begin_write: str
-    """The statement that starts a writing transaction, or ``""``."""
+    """The statement that starts a writing transaction (reads need none)."""
 
     def sql(self, query: str) -> str:
         """``query``, written with ``?`` markers, in this dialect."""
@@ -243,7 +246,7 @@ POSTGRESQL = Dialect(
     name="postgresql",
     placeholder="%s",
     id_type='TEXT COLLATE "C"',  # not the database's locale: paging needs byte order
-    begin_write="",  # psycopg opens the transaction; UPDATE takes the row lock
+    begin_write="BEGIN",  # the row locks of UPDATE and DELETE settle races
 )
 
 

@@ -10,9 +10,11 @@ writers of one revision exactly one wins and the others get
 concurrent creators of one id cannot both succeed either, and neither fails
 on the primary key.
 
-The functions here run SQL on a connection the caller holds and never commit:
-in the app, ``tools.poodle.transaction`` commits when the request succeeds and
-rolls back otherwise. All values are bound parameters.
+The functions here run SQL on a connection the caller holds, one that
+:mod:`sample_app.db` opened in autocommit mode: a read is a statement of its
+own, a write begins a transaction (:attr:`Dialect.begin_write`) and never
+commits it. In the app, ``tools.poodle.transaction`` commits it when the
+request succeeds and rolls it back otherwise. All values are bound parameters.
 """
 
 from __future__ import annotations
@@ -221,5 +223,4 @@ def page(conn: Connection, prefix: str, after: str, limit: int) -> Page:
 
 
 def _begin_write(conn: Connection, dialect: Dialect) -> None:
-    if dialect.begin_write:
-        conn.execute(dialect.begin_write)
+    conn.execute(dialect.begin_write)

@@ -309,6 +309,31 @@ def test_the_body_limit_is_configurable(cp_engine: Any, tmp_path: Path) -> None:
         app.sample.unsubscribe()
 
 
+def _committed_rows(database: str) -> list[tuple[str, str]]:
+    """What a connection of its own sees: committed rows only."""
+    if db.is_postgresql_url(database):
+        import psycopg
+
+        with psycopg.connect(database) as conn:
+            return [tuple(row) for row in conn.execute("SELECT id, rev FROM docs ORDER BY id")]
+    with sqlite3.connect(database) as conn:
+        return list(conn.execute("SELECT id, rev FROM docs ORDER BY id"))
+
+
+def test_writes_are_committed_and_refused_writes_are_not(app: Any, sample_database: str) -> None:
+    rev = put(app, "a", {"v": 1}, status=201).json["rev"]
+    assert _committed_rows(sample_database) == [("a", rev)]
+    rev = put(app, "a", {"_rev": rev, "v": 2}, status=200).json["rev"]
+    put(app, "a", {"_rev": REV, "v": 3}, status=409)
+    put(app, "b", {"v": 1}, status=201)
+    put(app, "b", {"v": 2}, status=409)
+    assert _committed_rows(sample_database)[0] == ("a", rev)
+    app.delete(f"/docs/a?rev={rev}", status=200)
+    assert [doc_id for doc_id, _ in _committed_rows(sample_database)] == ["b"]
+    stats = get_pool().stats()
+    assert (stats.in_use, stats.discarded) == (0, 0)
+
+
 # -- failures --------------------------------------------------------------------------
 
 
