@@ -11,14 +11,18 @@ PostgreSQL schema and document:
   request opens a new connection, as an app without a pool would.
 
 The rounds alternate between the two (pooled, connect, connect, pooled, ...)
-so that both see the same background load. The client is this script: a fixed
-number of threads, each with one keep-alive ``http.client`` connection,
-sending requests for a fixed time. It needs no wrk; it runs in its own
-process, apart from the servers. It prints each round, the medians and their
-ratio.
+so that both see the same background load. The client keeps a fixed number of
+keep-alive connections busy for a fixed time. It is Debian's ``wrk`` (``apt-get
+install wrk``) when that is installed: written in C, it leaves the CPU to the
+server. Without wrk (or with ``--client python``) it is this script's own:
+one thread per connection, each with ``http.client``, in a process apart from
+the servers but needing a CPU of its own, which lowers the figures of a
+2-core machine. The script says which client it used, and prints each round,
+the medians and their ratio.
 
-    .venv/bin/python benchmarks/bench_app.py            # about 40 s
-    .venv/bin/python benchmarks/bench_app.py --quick    # a smoke run, a few seconds
+    .venv/bin/python benchmarks/bench_app.py                  # about 40 s
+    .venv/bin/python benchmarks/bench_app.py --client python  # without wrk
+    .venv/bin/python benchmarks/bench_app.py --quick          # a smoke run, a few seconds
 
 The PostgreSQL URL comes from ``--dsn`` or ``POODLE_POSTGRES_DSN`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``); the script works in a schema of
@@ -32,6 +36,8 @@ import http.client
 import json
 import os
 import queue
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -115,11 +121,11 @@ def prepare(dsn: str, schema: str) -> None:
     """The schema, its table and the one document the benchmark reads."""
     import psycopg
 
-    from sample_app import store
+    from sample_app import db, store
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    with psycopg.connect(with_search_path(dsn, schema)) as conn:
+    with db.connect_postgresql(with_search_path(dsn, schema)) as conn:
         store.ensure_schema(conn)
         store.create(conn, DOC_ID, store.encode({"title": "benchmark", "n": list(range(20))}))
         conn.commit()
@@ -130,6 +136,19 @@ def drop(dsn: str, schema: str) -> None:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def run_round_wrk(wrk: str, port: int, clients: int, seconds: float) -> float:
+    """Requests per second that ``wrk`` measured; raises on any error or non-2xx answer."""
+    command = [wrk, "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s",
+               f"http://127.0.0.1:{port}/docs/{DOC_ID}"]
+    result = subprocess.run(command, capture_output=True, text=True,
+                            timeout=seconds + REQUEST_TIMEOUT + 10, check=False)
+    out = result.stdout
+    rate = re.search(r"^Requests/sec:\s+([0-9.]+)", out, re.MULTILINE)
+    if result.returncode != 0 or rate is None or "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk failed ({result.returncode}):\n{out}{result.stderr}")
+    return float(rate.group(1))
 
 
 def run_round(port: int, clients: int, seconds: float) -> float:
@@ -179,14 +198,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each (default 4)")
     parser.add_argument("--seconds", type=float, default=4.0, help="per round (default 4)")
     parser.add_argument("--clients", type=int, default=8,
-                        help="client threads (default 8; cheroot closes keep-alive "
-                             "connections beyond 10)")
+                        help="keep-alive connections (default 8; cheroot closes "
+                             "keep-alive connections beyond 10)")
     parser.add_argument("--pool-size", type=int, default=8, help="pool max_size (default 8)")
+    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                        help="wrk, this script's http.client threads, or wrk if it is "
+                             "installed (auto, the default)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 1 round of 0.5 s each, 2 clients")
+                        help="a smoke run: 1 round of 1 s each, 2 clients")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.seconds, args.clients = 1, 0.5, 2
+        args.rounds, args.seconds, args.clients = 1, 1.0, 2
+    wrk = shutil.which("wrk") if args.client != "python" else None
+    if args.client == "wrk" and wrk is None:
+        parser.error("--client wrk: wrk is not installed (apt-get install wrk)")
+    if wrk is not None:
+        client = f"wrk ({wrk}), 1 thread"
+
+        def measure(port: int) -> float:
+            return run_round_wrk(wrk, port, args.clients, args.seconds)
+    else:
+        client = "http.client threads" + (" (wrk is not installed)" if args.client == "auto"
+                                          else "")
+
+        def measure(port: int) -> float:
+            return run_round(port, args.clients, args.seconds)
     if not args.dsn.startswith(("postgresql://", "postgres://")):
         parser.error("--dsn must be a postgresql:// URL")
 
@@ -217,15 +253,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                 run_round(server.port, args.clients, min(0.5, args.seconds))
 
             print(
-                f"GET /docs/<id> on PostgreSQL, {args.clients} keep-alive client threads "
-                f"(http.client), {args.rounds} rounds of {args.seconds:g} s each, "
+                f"GET /docs/<id> on PostgreSQL, {args.clients} keep-alive connections, "
+                f"client: {client}; {args.rounds} rounds of {args.seconds:g} s each, "
                 f"pool max_size={args.pool_size}; {os.cpu_count()} CPUs"
             )
             results: dict[str, list[float]] = {"pooled": [], "connect": []}
             for n in range(args.rounds):
                 order = (pooled, connect) if n % 2 == 0 else (connect, pooled)
                 for server in order:
-                    rate = run_round(server.port, args.clients, args.seconds)
+                    rate = measure(server.port)
                     results[server.name].append(rate)
                     print(f"round {n + 1}  {server.name:8} {rate:8.0f} requests/s", flush=True)
             medians = {name: statistics.median(rates) for name, rates in results.items()}
