@@ -138,7 +138,6 @@ def _reset_cherrypy() -> None:
         plugin.stop()
         plugin.unsubscribe()
     cherrypy.server.unsubscribe()
-    cherrypy.server.httpserver = None  # else the next start reuses the old port
     cherrypy.tree.apps.clear()
     cherrypy.config.reset()
     # test_suite: no autoreloader (other files change while tests run), no checker.
@@ -175,8 +174,14 @@ def cp_server(cp_engine: Any, free_port: int) -> str:
             "server.socket_port": free_port,
             "server.thread_pool": 16,
             "server.shutdown_timeout": 5,
+            # CherryPy's default listen backlog is 5: a burst of more client
+            # threads connecting at once can then see "connection reset".
+            "server.socket_queue_size": 64,
         }
     )
+    # cherrypy.server keeps the HTTP server it made at its first start, bound
+    # to that start's port: make it build a new one on this test's port.
+    cherrypy.server.httpserver = None
     cherrypy.server.subscribe()
     return f"http://127.0.0.1:{free_port}"
 
@@ -189,3 +194,50 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if cherrypy is not None and cherrypy.engine.state != cherrypy.engine.states.EXITING:
         cherrypy.config.update({"log.screen": False})
         cherrypy.engine.exit()
+
+
+# -- sample_app ----------------------------------------------------------------
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` (a postgresql:// URL) with its connections' search_path set to ``schema``."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[str]:
+    """A schema of its own in the PostgreSQL on loopback, for this test session.
+
+    Other sessions (other engineers, CI) use the same database at the same
+    time: each works in a ``poodle_app_<random>`` schema, dropped at the end.
+    Request it only after ``postgres_dsn``, which skips or fails without a server.
+    """
+    import uuid
+
+    import psycopg
+
+    schema = f"poodle_app_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def sample_database(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """An empty database for the sample app, on each backend: an SQLite file
+    path (not created yet), or a postgresql:// URL into this session's schema
+    with no ``docs`` table in it."""
+    if request.param == "sqlite":
+        return str(tmp_path / "data" / "docs.sqlite3")
+    dsn = request.getfixturevalue("postgres_dsn")
+    schema = request.getfixturevalue("postgres_schema")
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {schema}.docs")
+    return with_search_path(dsn, schema)

@@ -1,0 +1,129 @@
+"""The app assembled: its CherryPy application, its config and its engine plugins.
+
+The pool itself is declared apart, on the engine's
+:class:`~poodle_cherrypy.PoodlePlugin` under the name ``"default"`` (by
+:mod:`sample_app.cli`, a config file's ``poodle`` namespace, or a test)::
+
+    PoodlePlugin(cherrypy.engine, {"default": db.pool_spec("data/docs.sqlite3", 8)}).subscribe()
+    sample = SampleApp(cherrypy.engine)
+    sample.mount()
+    sample.subscribe()
+    cherrypy.engine.start()
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Union
+
+import cherrypy
+from cherrypy.process.plugins import SimplePlugin
+
+from poodle_cherrypy import get_pool
+
+from . import store
+from .api import (
+    DEFAULT_MAX_BODY,
+    DocsAPI,
+    StatusAPI,
+    json_error_page,
+    read_docs_request,
+    trim_error_body,
+)
+from .history import PoolHistory
+from .web import STATIC_DIR, Root
+
+__all__ = ["POOL", "SampleApp", "SchemaPlugin", "app_config"]
+
+#: The name of the pool the app uses.
+POOL = "default"
+
+
+class SchemaPlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
+    """Creates the documents table, if need be, when the engine starts."""
+
+    def start(self) -> None:
+        """Create the table through the pool; an error stops the engine."""
+        try:
+            with get_pool(POOL, self.bus).get() as conn:
+                store.ensure_schema(conn)
+        except Exception as exc:
+            self.bus.log(f"sample_app: cannot create the schema: {exc!r}", level=logging.ERROR)
+            raise
+        self.bus.log("sample_app: schema ready")
+
+    # After PoodlePlugin opens the pools (70), before the HTTP server serves (75).
+    start.priority = 72  # type: ignore[attr-defined]
+
+
+def app_config(max_body: int = DEFAULT_MAX_BODY) -> dict[str, dict[str, Any]]:
+    """The application's config: JSON errors everywhere, the pool on ``/docs`` only."""
+    if max_body < 1:
+        raise ValueError(f"max_body must be >= 1 byte, got {max_body!r}")
+    return {
+        "/": {
+            "error_page.default": json_error_page,
+            "hooks.before_finalize": trim_error_body,
+            "hooks.after_error_response": trim_error_body,
+            "tools.allow.on": True,
+            "tools.allow.methods": ["GET", "HEAD"],
+        },
+        "/docs": {
+            "tools.allow.on": False,  # DocsAPI answers 405 itself: Allow differs by resource
+            "tools.poodle.on": True,
+            "tools.poodle.transaction": True,
+            "tools.poodle.pool": POOL,
+            "request.body.maxbytes": max_body,
+            # Only a PUT has a body to read: any other method gets its 405 (or
+            # its answer) without CherryPy reading, or demanding, a body first.
+            "request.methods_with_bodies": ("PUT",),
+            "hooks.before_handler": read_docs_request,
+        },
+        "/static": {
+            "tools.staticdir.on": True,
+            "tools.staticdir.dir": str(STATIC_DIR),
+        },
+    }
+
+
+class SampleApp:
+    """The document store: mount it on the tree, subscribe its plugins to the bus.
+
+    - ``max_body``: the largest request body in bytes (413 beyond).
+    - ``history_seconds`` and ``sample_interval``: how much of the pools'
+      history ``/status`` keeps, sampled how often.
+    """
+
+    def __init__(
+        self,
+        bus: Any = None,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        history_seconds: float = 300.0,
+        sample_interval: float = 1.0,
+    ) -> None:
+        self.bus = cherrypy.engine if bus is None else bus
+        self.config = app_config(max_body)
+        self.history = PoolHistory(self.bus, seconds=history_seconds, interval=sample_interval)
+        self.schema = SchemaPlugin(self.bus)
+        self.root = Root(DocsAPI(), StatusAPI(self.history))
+
+    def mount(
+        self, script_name: str = "", config: Optional[Union[str, dict[str, Any]]] = None
+    ) -> Any:
+        """Mount the app on ``cherrypy.tree``; ``config`` (a file or dict) is merged
+        over the app's own. Returns the ``cherrypy.Application``."""
+        app = cherrypy.tree.mount(self.root, script_name, self.config)
+        if config is not None:
+            app.merge(config)
+        return app
+
+    def subscribe(self) -> None:
+        """Subscribe the schema creation and the pool sampler to the bus."""
+        self.schema.subscribe()
+        self.history.subscribe()
+
+    def unsubscribe(self) -> None:
+        """Unsubscribe them (a stopped engine's plugins are idle)."""
+        self.history.unsubscribe()
+        self.schema.unsubscribe()
