@@ -186,6 +186,28 @@ def cp_server(cp_engine: Any, free_port: int) -> str:
     return f"http://127.0.0.1:{free_port}"
 
 
+def serve_sample_app(cp_server: str, database: str, pool_size: int) -> Iterator[str]:
+    """Serve sample_app on ``cp_server`` with a pool of ``pool_size`` on ``database``.
+
+    For a fixture to ``yield from``: yields the base URL, stops the engine after.
+    """
+    import cherrypy
+
+    from poodle_cherrypy import PoodlePlugin
+    from sample_app import SampleApp, db
+
+    PoodlePlugin(cherrypy.engine, {"default": db.pool_spec(database, pool_size)}).subscribe()
+    sample = SampleApp(cherrypy.engine)
+    sample.mount()
+    sample.subscribe()
+    cherrypy.engine.start()
+    try:
+        yield cp_server
+    finally:
+        cherrypy.engine.stop()
+        sample.unsubscribe()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Exit CherryPy's engine, if a test used it, so the bus does not complain at exit."""
     import sys

@@ -15,12 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import cherrypy
 import pytest
-from conftest import require_module, unavailable
-
-from poodle_cherrypy import PoodlePlugin
-from sample_app import SampleApp, db
+from conftest import require_module, serve_sample_app, unavailable
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -64,17 +60,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def served(cp_server: str, tmp_path: Path) -> Iterator[str]:
-    spec = db.pool_spec(str(tmp_path / "data" / "docs.sqlite3"), 4)
-    PoodlePlugin(cherrypy.engine, {"default": spec}).subscribe()
-    sample = SampleApp(cherrypy.engine)
-    sample.mount()
-    sample.subscribe()
-    cherrypy.engine.start()
-    try:
-        yield cp_server
-    finally:
-        cherrypy.engine.stop()
-        sample.unsubscribe()
+    yield from serve_sample_app(cp_server, str(tmp_path / "data" / "docs.sqlite3"), 4)
 
 
 def fetch(base: str, path: str) -> tuple[int, Any]:

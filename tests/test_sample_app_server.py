@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import cherrypy
 import pytest
+from conftest import serve_sample_app
 
 from poodle_cherrypy import PoodlePlugin
-from sample_app import SampleApp, db
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +29,7 @@ TIMEOUT = 120.0  # per request and per join: generous, for a loaded 2-core machi
 @pytest.fixture
 def served(cp_server: str, sample_database: str) -> Iterator[str]:
     """The sample app on a real server, pool of 8; its base URL."""
-    PoodlePlugin(cherrypy.engine, {"default": db.pool_spec(sample_database, 8)}).subscribe()
-    sample = SampleApp(cherrypy.engine)
-    sample.mount()
-    sample.subscribe()
-    cherrypy.engine.start()
-    try:
-        yield cp_server
-    finally:
-        cherrypy.engine.stop()
-        sample.unsubscribe()
+    yield from serve_sample_app(cp_server, sample_database, 8)
 
 
 class Client:
