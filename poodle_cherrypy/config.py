@@ -130,6 +130,12 @@ def parse_namespace(
                 )
             options[key] = value
             continue
+        parent = name.rpartition(".")[2]
+        if parent in POOL_OPTIONS:
+            raise ValueError(
+                f"poodle.{key}: {parent!r} is one value, not a section: write "
+                f"poodle.{name} = {{...}} with every item in it"
+            )
         if option not in POOL_OPTIONS:
             raise ValueError(
                 f"poodle.{key}: unknown pool option {option!r}; "

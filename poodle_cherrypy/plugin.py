@@ -64,8 +64,8 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
       ``min_size``. A pool that cannot connect is logged with the reason and
       stays open: its requests get 503 until the database is back. Nothing
       raises from ``start`` for want of a database; a ``tools.poodle.*`` key
-      in the mounted apps' config that names an unknown pool or option does
-      raise, which makes CherryPy log it and exit.
+      in the mounted apps' config that names an unknown pool or option, or
+      has a bad value, does raise, which makes CherryPy log it and exit.
     - every ``maintain_interval`` seconds (10.0; 0 turns it off) each pool's
       ``maintain()`` runs on a CherryPy ``Monitor`` thread; an error there is
       logged and the next run goes ahead.
@@ -316,7 +316,7 @@ def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
     tools = {
         name: tool
         for name, tool in vars(cherrypy.tools).items()
-        if isinstance(getattr(tool, "poodle_options", None), frozenset)
+        if callable(getattr(tool, "option_problem", None))
     }
     if not tools:
         return []
@@ -335,11 +335,9 @@ def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
             tool_name, _, option = rest.partition(".")
             if namespace != "tools" or tool_name not in tools:
                 continue
-            options = tools[tool_name].poodle_options
-            if option not in options:
-                problems.append(
-                    f"{where} {key}: unknown option; the options are {', '.join(sorted(options))}"
-                )
+            problem = tools[tool_name].option_problem(option, value)
+            if problem is not None:
+                problems.append(f"{where} {key}: {problem}")
             elif option == "pool" and value not in pools:
                 problems.append(
                     f"{where} {key} = {value!r}: no such pool; the pools are {sorted(pools)}"

@@ -198,6 +198,29 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         super().__init__("before_handler", self._checkout, priority=priority)
         self.__doc__ = type(self).__doc__
 
+    @staticmethod
+    def option_problem(option: str, value: object) -> Optional[str]:
+        """What is wrong with ``value`` for config key ``tools.<name>.<option>``, or None.
+
+        The plugin asks this of every such key in the mounted apps' config at
+        engine start, so that a bad value stops the start instead of failing
+        every request.
+        """
+        if option not in PoodleTool.poodle_options:
+            return f"unknown option; the options are {', '.join(sorted(PoodleTool.poodle_options))}"
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if option in ("on", "transaction") and not isinstance(value, bool):
+            return f"must be True or False, got {value!r}"
+        if option == "pool" and not isinstance(value, str):
+            return f"must be a pool's name, got {value!r}"
+        if option == "timeout" and value is not None and not (number is not None and number >= 0):
+            return f"must be a number of seconds >= 0 or None, got {value!r}"
+        if option == "retry_after" and not (isinstance(number, int) and number >= 0):
+            return f"must be a whole number of seconds >= 0, got {value!r}"
+        if option == "priority" and number is None:
+            return f"must be a number, got {value!r}"
+        return None
+
     def _setargs(self) -> None:
         # Tool gives itself an attribute per argument of its callable (for
         # help()); "on" is Tool's read-only property, and not an argument to copy.

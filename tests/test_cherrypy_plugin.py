@@ -541,3 +541,46 @@ def test_log_lines_name_the_pool(cp_engine: Any, caplog: pytest.LogCaptureFixtur
     cherrypy.engine.stop()
     assert "poodle: opened pool 'orders'" in caplog.text
     assert "poodle: closed pool 'orders'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("tools.poodle.timeout", "soon", "must be a number of seconds >= 0 or None, got 'soon'"),
+        ("tools.poodle.timeout", -1, "must be a number of seconds >= 0 or None, got -1"),
+        ("tools.poodle.timeout", float("nan"), "must be a number of seconds >= 0 or None"),
+        ("tools.poodle.retry_after", 2.5, "must be a whole number of seconds >= 0, got 2.5"),
+        ("tools.poodle.retry_after", True, "must be a whole number of seconds >= 0, got True"),
+        ("tools.poodle.transaction", "yes", "must be True or False, got 'yes'"),
+        ("tools.poodle.pool", 3, "must be a pool's name, got 3"),
+        ("tools.poodle.priority", "late", "must be a number, got 'late'"),
+    ],
+)
+def test_bad_tool_values_are_problems_at_start_not_500s_later(
+    cp_engine: Any, key: str, value: object, problem: str
+) -> None:
+    from poodle_cherrypy.plugin import _tool_config_problems
+
+    cherrypy.tree.mount(Root(), "/", {"/": {"tools.poodle.on": True, key: value}})
+    [found] = _tool_config_problems({"default": Pool(object)})
+    assert found.startswith(f"/ [/] {key}: {problem}"), found
+
+
+def test_good_tool_values_are_no_problem(cp_engine: Any) -> None:
+    from poodle_cherrypy.plugin import _tool_config_problems
+
+    cherrypy.tree.mount(Root(), "/", {"/": {
+        "tools.poodle.on": True, "tools.poodle.pool": "default", "tools.poodle.timeout": 0.5,
+        "tools.poodle.transaction": True, "tools.poodle.retry_after": 0,
+        "tools.poodle.priority": 70}, "/b": {"tools.poodle.timeout": None}})
+    assert _tool_config_problems({"default": Pool(object)}) == []
+
+
+def test_a_sub_key_of_a_pool_option_is_explained(cp_engine: Any) -> None:
+    with pytest.raises(ValueError) as info:
+        cherrypy.config.update({"poodle.db.factory": "sqlite3:connect",
+                                "poodle.db.kwargs.timeout": 5})
+    assert str(info.value).startswith(
+        "poodle.db.kwargs.timeout: 'kwargs' is one value, not a section: write "
+        "poodle.db.kwargs = {...}"
+    ), str(info.value)
