@@ -1,8 +1,8 @@
 """``python -m sample_app``: its options, and the real thing in a subprocess.
 
-The subprocess is started on a free port in a temporary working directory;
-the test waits for CherryPy's "Bus STARTED" line on its stderr (no polling),
-talks HTTP to it, then sends SIGTERM and expects a clean exit.
+The subprocess (:class:`appserver.Server`) is started on a free port in a
+temporary working directory; the test talks HTTP to it, then sends SIGTERM
+(or SIGINT) and expects a clean exit.
 """
 
 from __future__ import annotations
@@ -10,22 +10,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
+from appserver import STARTUP_TIMEOUT, Server
 
 from sample_app.cli import DEFAULTS, ENVIRONMENT, build_parser, parse_args
 
 APP_CONF = Path(__file__).resolve().parent.parent / "sample_app" / "app.conf"
-STARTUP_TIMEOUT = 60.0  # seconds: a loaded 2-core machine imports slowly
-EXIT_TIMEOUT = 30.0
 
 
 # -- options ------------------------------------------------------------------------
@@ -87,69 +83,6 @@ def test_a_bad_value_is_a_usage_error(
 
 
 # -- the real thing -----------------------------------------------------------------
-
-
-class Server:
-    """``python -m sample_app`` in a subprocess, its stderr read by a thread."""
-
-    def __init__(self, args: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLE_APP_")}
-        environ.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sample_app", *args],
-            cwd=cwd,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,  # the access log
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.log: list[str] = []
-        self._lines: queue.Queue[Optional[str]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_for(self, text: str, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Until a line of stderr holds ``text``; fail with the log if it ends first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = self._lines.get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                pytest.fail(f"no {text!r} within {timeout} s; log:\n{''.join(self.log)}")
-            if line is None:
-                pytest.fail(f"exited ({self.proc.wait()}) before {text!r}; log:\n"
-                            f"{''.join(self.log)}")
-            self.log.append(line)
-            if text in line:
-                return
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        """Send ``signum``; the exit status (and the rest of the log)."""
-        self.proc.send_signal(signum)
-        try:
-            code = self.proc.wait(EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {EXIT_TIMEOUT} s after {signal.Signals(signum).name}; "
-                        f"log:\n{''.join(self.log)}")
-        self._reader.join(EXIT_TIMEOUT)
-        while not self._lines.empty():
-            line = self._lines.get_nowait()
-            if line is not None:
-                self.log.append(line)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(EXIT_TIMEOUT)
 
 
 def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
