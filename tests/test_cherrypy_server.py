@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import sqlite3
@@ -34,6 +35,20 @@ def get(base: str, path: str, timeout: float = 60.0) -> tuple[int, bytes]:
         return res.status, res.read()
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def reading_then_hanging_up(base: str, path: str) -> Iterator[None]:
+    """A client that reads the first 200 kB of a streamed answer, then hangs up."""
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        received = 0
+        while received < 200_000:
+            data = sock.recv(65536)
+            assert data
+            received += len(data)
+        yield
 
 
 def sqlite_pool(tmp_path: Path, **options: Any) -> Pool[sqlite3.Connection]:
@@ -144,15 +159,8 @@ def test_client_disconnecting_mid_stream_gives_the_connection_back(
     pool = sqlite_pool(tmp_path)
     root = Endless(pool)
     start(pool, root)
-    url = urlsplit(cp_server)
 
-    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        received = 0
-        while received < 200_000:
-            data = sock.recv(65536)
-            assert data
-            received += len(data)
+    with reading_then_hanging_up(cp_server, "/stream"):
         assert pool.stats().in_use == 1  # held while the body streams
     # The client is gone: the server's next writes fail and it ends the request.
 
@@ -187,14 +195,8 @@ def test_a_stream_cut_short_by_the_client_rolls_its_transaction_back(
             return body()
 
     start(pool, Export(), {"tools.poodle.transaction": True})
-    url = urlsplit(cp_server)
-    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        received = 0
-        while received < 200_000:
-            data = sock.recv(65536)
-            assert data
-            received += len(data)
+    with reading_then_hanging_up(cp_server, "/"):
+        pass
     # The client is gone before the end of the body: what it wrote is not kept.
 
     wait_for(lambda: pool.stats().in_use == 0, "the connection to come back")
