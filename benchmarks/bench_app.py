@@ -50,6 +50,12 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+# sample_app is not installed (the wheel carries poodle_cherrypy only): this
+# script and its servers import it from the checkout.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 DEFAULT_DSN = os.environ.get("POODLE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 DOC_ID = "bench-doc"
 STARTUP_TIMEOUT = 60.0
@@ -75,6 +81,8 @@ class Server:
         self.name = name
         self.port = free_port()
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLE_APP_")}
+        path = [str(ROOT), environ.get("PYTHONPATH", "")]
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, path))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sample_app", "--port", str(self.port), *args],
             cwd=cwd,

@@ -22,17 +22,27 @@ import pytest
 STARTUP_TIMEOUT = 60.0  # seconds: a loaded 2-core machine imports slowly
 EXIT_TIMEOUT = 30.0
 
+# sample_app is not installed (the wheel carries poodle_cherrypy only): it is
+# imported from the checkout, whatever the subprocess's working directory.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sample_app_environ(env: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """os.environ without ``SAMPLE_APP_*``, plus ``env``, with the checkout on PYTHONPATH."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLE_APP_")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    environ.update(env or {})
+    return environ
+
 
 class Server:
     """``python -m sample_app`` in a subprocess, its stderr read by a thread."""
 
     def __init__(self, args: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLE_APP_")}
-        environ.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sample_app", *args],
             cwd=cwd,
-            env=environ,
+            env=sample_app_environ(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # the access log
             stderr=subprocess.PIPE,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from appserver import STARTUP_TIMEOUT, Server
+from appserver import STARTUP_TIMEOUT, Server, sample_app_environ
 
 from sample_app.cli import DEFAULTS, ENVIRONMENT, build_parser, parse_args
 
@@ -140,6 +140,7 @@ def test_a_config_pool_and_database_option_together_is_an_error(tmp_path: Path) 
     result = subprocess.run(
         [sys.executable, "-m", "sample_app", "--config", str(APP_CONF), "--database", "x.db"],
         cwd=tmp_path,
+        env=sample_app_environ(),
         capture_output=True,
         text=True,
         timeout=STARTUP_TIMEOUT,
