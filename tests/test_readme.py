@@ -1,24 +1,48 @@
-"""README.rst's examples are real code: every ``.. code-block:: python`` runs here.
+"""The docs' examples are real code: every ``.. code-block:: python`` of
+README.rst and of every ``docs/*.rst`` page runs here.
 
 A block that talks to a server says so in a comment line ``# needs: postgresql``
 (or ``mariadb``, ``redis``; comma-separated); it then skips without that server,
 or fails under ``POODLE_REQUIRE_SERVICES=1``. Each block runs on its own, in a
 fresh namespace, with a temporary working directory and ``__name__`` set to
 ``"readme"`` so that ``if __name__ == "__main__":`` guards keep servers from
-starting.
+starting. A PostgreSQL block gets a schema of its own: ``DATABASE_URL`` points
+into it, so that tables it creates neither meet other runs' nor stay behind.
+
+The tests after the parametrized one serve the CherryPy examples and run the
+config-file example as a user would, ``python notes.py`` next to ``notes.conf``.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MYSQL_PARAMS, require_module, require_port
+from conftest import (
+    MYSQL_PARAMS,
+    POSTGRES_DSN,
+    require_module,
+    require_port,
+    with_search_path,
+)
 
-README = Path(__file__).resolve().parent.parent / "README.rst"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.rst"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.rst"))]
+EXAMPLES = DOCS / "examples"
 
 _NEEDS = {
     "postgresql": lambda: (
@@ -52,37 +76,93 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+def _where(page: Path) -> str:
+    return str(page.relative_to(ROOT))
 
 
-def test_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 2
+BLOCKS = [
+    (_where(page), line, code)
+    for page in PAGES
+    for line, code in python_blocks(page.read_text(encoding="utf-8"))
+]
 
 
-@pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"line{line}" for line, _ in BLOCKS])
-def test_readme_example_runs(
-    line: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cp_engine: Any
+def needs(code: str) -> set[str]:
+    """The servers a block's ``# needs:`` lines name."""
+    return {
+        need.strip()
+        for match in re.finditer(r"^# needs: (.+)$", code, re.MULTILINE)
+        for need in match.group(1).split(",")
+    }
+
+
+def block(page: str, *contains: str) -> tuple[str, int, str]:
+    """The one python block of ``page`` that holds every string of ``contains``."""
+    [found] = [b for b in BLOCKS if b[0] == page and all(text in b[2] for text in contains)]
+    return found
+
+
+@pytest.fixture
+def database_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``DATABASE_URL``, set to a URL into a fresh schema of the loopback PostgreSQL."""
+    import psycopg
+
+    schema = f"poodle_docs_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = with_search_path(POSTGRES_DSN, schema)
+    monkeypatch.setenv("DATABASE_URL", url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def run_block(
+    where: str, line: int, code: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> dict[str, Any]:
+    """Run one block as the parametrized test does; its namespace."""
+    for need in needs(code):
+        _NEEDS[need]()
+    if "postgresql" in needs(code):
+        request.getfixturevalue("database_url")
+    request.getfixturevalue("monkeypatch").chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    exec(compile(code, f"{where}:{line}", "exec"), namespace)
+    return namespace
+
+
+def test_every_page_is_read() -> None:
+    assert len([b for b in BLOCKS if b[0] == "README.rst"]) >= 2
+    assert {"docs/getting-started.rst", "docs/pool.rst", "docs/drivers.rst"} <= {
+        b[0] for b in BLOCKS
+    }
+
+
+@pytest.mark.parametrize(
+    ("where", "line", "code"), BLOCKS, ids=[f"{where}:{line}" for where, line, _ in BLOCKS]
+)
+def test_example_runs(
+    where: str,
+    line: int,
+    code: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    cp_engine: Any,
 ) -> None:
     # cp_engine: an example that declares pools in CherryPy config leaves nothing behind.
-    for match in re.finditer(r"^# needs: (.+)$", code, re.MULTILINE):
-        for need in match.group(1).split(","):
-            _NEEDS[need.strip()]()
-    monkeypatch.chdir(tmp_path)
-    compiled = compile(code, f"README.rst:{line}", "exec")
-    exec(compiled, {"__name__": "readme"})
+    run_block(where, line, code, request, tmp_path)
 
 
 def test_readme_cherrypy_example_serves(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cp_engine: Any
+    request: pytest.FixtureRequest, tmp_path: Path, cp_engine: Any
 ) -> None:
-    """The CherryPy example does what it says once it is served."""
+    """README's CherryPy example does what it says once it is served."""
     import cherrypy
     import webtest
 
-    [(line, code)] = [(line, code) for line, code in BLOCKS if "cherrypy.quickstart" in code]
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {"__name__": "readme"}
-    exec(compile(code, f"README.rst:{line}", "exec"), namespace)
+    namespace = run_block(*block("README.rst", "cherrypy.quickstart"), request, tmp_path)
     app = webtest.TestApp(cherrypy.tree.mount(namespace["Notes"](), "/", namespace["config"]))
     cherrypy.engine.start()
 
@@ -96,27 +176,121 @@ def test_readme_cherrypy_example_serves(
     assert (stats.max_size, stats.in_use, stats.checkouts) == (8, 0, 4)
 
 
-def test_readme_config_file_example_declares_its_pool(tmp_path: Path, cp_engine: Any) -> None:
-    """The INI example is a config file CherryPy reads as it stands."""
+@pytest.mark.services
+def test_getting_started_app_serves_on_postgresql(
+    request: pytest.FixtureRequest, tmp_path: Path, cp_engine: Any
+) -> None:
+    """Getting started's CherryPy app on PostgreSQL: writes commit, refusals roll back."""
+    import cherrypy
+    import webtest
+
+    found = block("docs/getting-started.rst", "cherrypy.quickstart", "psycopg")
+    namespace = run_block(*found, request, tmp_path)
+    app = webtest.TestApp(cherrypy.tree.mount(namespace["Notes"](), "/", namespace["config"]))
+    cherrypy.engine.start()
+
+    assert app.get("/").json == []
+    assert app.post("/add", {"body": "hello"}).json == {"id": 1}
+    assert app.post("/add", {"body": "world"}).json == {"id": 2}
+    app.get("/add", {"body": "refused"}, status=405)  # POST only: nothing checked out
+    assert app.get("/").json == [{"id": 1, "body": "hello"}, {"id": 2, "body": "world"}]
+    stats = namespace["poodle_cherrypy"].get_pool().stats()
+    assert (stats.max_size, stats.in_use, stats.created) == (8, 0, 1)
+
+
+def _http(port: int, method: str, path: str, body: str = "") -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+        conn.request(method, path, body or None, headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+@pytest.mark.services
+def test_config_file_example_runs_as_a_script(
+    tmp_path: Path, postgres_dsn: str, database_url: str, free_port: int
+) -> None:
+    """``python notes.py`` next to ``notes.conf``, as getting started says, on PostgreSQL."""
+    conf = (EXAMPLES / "notes.conf").read_text(encoding="utf-8")
+    dsn = "postgresql://postgres@127.0.0.1:5432/test"
+    port = "server.socket_port = 8080"
+    assert dsn in conf and port in conf
+    conf = conf.replace(dsn, database_url.replace("%", "%%"))
+    conf = conf.replace(port, f"server.socket_port = {free_port}")
+    (tmp_path / "notes.conf").write_text(conf, encoding="utf-8")
+    (tmp_path / "notes.py").write_text((EXAMPLES / "notes.py").read_text(encoding="utf-8"))
+
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "notes.py"],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "Bus STARTED" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert _http(free_port, "GET", "/") == (200, [])
+        assert _http(free_port, "POST", "/add", "body=hello") == (200, {"id": 1})
+        assert _http(free_port, "GET", "/") == (200, [{"id": 1, "body": "hello"}])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_config_file_example_declares_its_pool(tmp_path: Path, cp_engine: Any) -> None:
+    """notes.conf is a config file CherryPy reads as it stands (declared, not connected)."""
     import cherrypy
 
     from poodle_cherrypy import PoodlePlugin, drivers
     from poodle_cherrypy.plugin import _tool_config_problems
 
-    lines = README.read_text(encoding="utf-8").splitlines()
-    start = lines.index("    [global]")
-    end = start
-    while end < len(lines) and (not lines[end].strip() or lines[end].startswith("    ")):
-        end += 1
-    conf = tmp_path / "app.conf"
-    conf.write_text(textwrap.dedent("\n".join(lines[start:end])), encoding="utf-8")
-
-    cherrypy.config.update(str(conf))
-    cherrypy.tree.mount(None, "/", str(conf))
+    conf = str(EXAMPLES / "notes.conf")
+    cherrypy.config.update(conf)
+    cherrypy.tree.mount(None, "/", conf)
 
     plugin = PoodlePlugin.for_bus()
     stats = plugin.pools["default"].stats()
-    assert (stats.min_size, stats.max_size, stats.created) == (2, 16, 0)  # declared, not connected
+    assert (stats.min_size, stats.max_size, stats.created) == (2, 16, 0)
     assert plugin.pools["default"]._reset is drivers.psycopg_reset
     assert plugin.maintain_interval == 10.0
     assert _tool_config_problems(plugin.pools) == []
+
+
+def test_api_reference_covers_every_module() -> None:
+    """docs/api.rst has an automodule for every module of the package."""
+    import pkgutil
+
+    import poodle_cherrypy
+
+    api = (DOCS / "api.rst").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\.\. automodule:: (\S+)$", api, re.MULTILINE))
+    modules = {
+        f"poodle_cherrypy.{info.name}"
+        for info in pkgutil.iter_modules(poodle_cherrypy.__path__)
+        if not info.name.startswith("_")
+    }
+    missing = sorted(modules - documented)
+    assert not missing, f"add '.. automodule:: NAME' with ':members:' to docs/api.rst: {missing}"
+
+
+def test_version_is_single_sourced() -> None:
+    """setup.cfg reads the version from the package, and CHANGES.rst names it."""
+    import poodle_cherrypy
+
+    setup_cfg = (ROOT / "setup.cfg").read_text(encoding="utf-8")
+    assert "version = attr: poodle_cherrypy.__version__" in setup_cfg
+    assert re.fullmatch(r"\d+\.\d+\.\d+", poodle_cherrypy.__version__)
+    assert poodle_cherrypy.__version__ in (ROOT / "CHANGES.rst").read_text(encoding="utf-8")
+    assert os.path.isfile(ROOT / "LICENSE")
