@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -151,8 +152,15 @@ def test_example_runs(
     tmp_path: Path,
     cp_engine: Any,
 ) -> None:
-    # cp_engine: an example that declares pools in CherryPy config leaves nothing behind.
-    run_block(where, line, code, request, tmp_path)
+    # cp_engine: an example that declares pools in CherryPy config leaves nothing behind;
+    # nor does one that sets up logging.
+    root, ours = logging.getLogger(), logging.getLogger("poodle_cherrypy")
+    handlers, level = root.handlers[:], ours.level
+    try:
+        run_block(where, line, code, request, tmp_path)
+    finally:
+        root.handlers[:] = handlers
+        ours.setLevel(level)
 
 
 def test_readme_cherrypy_example_serves(
