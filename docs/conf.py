@@ -25,6 +25,9 @@ exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"show-inheritance": True}
+# Optional dependencies of the metrics exporters: the API reference documents
+# those modules without them installed.
+autodoc_mock_imports = ["opentelemetry", "prometheus_client"]
 
 html_theme = "furo"
 html_title = f"poodle_cherrypy {release}"
