@@ -206,6 +206,29 @@ def test_getting_started_app_serves_on_postgresql(
     assert (stats.max_size, stats.in_use, stats.created) == (8, 0, 1)
 
 
+@pytest.mark.services
+def test_two_pools_per_request_example_serves(
+    request: pytest.FixtureRequest, tmp_path: Path, cp_engine: Any
+) -> None:
+    """docs/cherrypy.rst's second tool: SQLite on request.conn, Redis on request.cache."""
+    import cherrypy
+    import webtest
+
+    namespace = run_block(*block("docs/cherrypy.rst", "PoodleTool(attribute="), request, tmp_path)
+    try:
+        app = webtest.TestApp(cherrypy.tree.mount(namespace["Root"](), "/", namespace["config"]))
+        cherrypy.engine.start()
+        assert re.fullmatch(r"\d+ hits, \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", app.get("/").text)
+        pools = namespace["poodle_cherrypy"].PoodlePlugin.for_bus().pools
+        assert {name: pool.stats().checkouts for name, pool in pools.items()} == {
+            "default": 1,
+            "redis": 1,
+        }
+        assert all(pool.stats().in_use == 0 for pool in pools.values())
+    finally:
+        del cherrypy.tools.cache
+
+
 def _http(port: int, method: str, path: str, body: str = "") -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
