@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MYSQL_PARAMS, require_module, require_port
+from conftest import MYSQL_PARAMS, POSTGRES_DSN, require_module, require_port, with_search_path
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
 
@@ -79,7 +79,8 @@ def test_readme_cherrypy_example_serves(
     import cherrypy
     import webtest
 
-    [(line, code)] = [(line, code) for line, code in BLOCKS if "cherrypy.quickstart" in code]
+    [(line, code)] = [(line, code) for line, code in BLOCKS
+                      if 'cherrypy.quickstart(Notes(), "/", config)' in code]
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": "readme"}
     exec(compile(code, f"README.rst:{line}", "exec"), namespace)
@@ -120,3 +121,64 @@ def test_readme_config_file_example_declares_its_pool(tmp_path: Path, cp_engine:
     assert plugin.pools["default"]._reset is drivers.psycopg_reset
     assert plugin.maintain_interval == 10.0
     assert _tool_config_problems(plugin.pools) == []
+
+
+def _config_file_example() -> str:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("    [global]")
+    end = start
+    while end < len(lines) and (not lines[end].strip() or lines[end].startswith("    ")):
+        end += 1
+    return textwrap.dedent("\n".join(lines[start:end]))
+
+
+def test_readme_config_file_example_serves_on_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cp_engine: Any
+) -> None:
+    """The INI example, as written (but for its DSN, pointed at the PostgreSQL
+    on loopback in a schema of its own), with the handler shown for it."""
+    import uuid
+
+    import cherrypy
+    import webtest
+
+    _NEEDS["postgresql"]()
+    import psycopg
+
+    text = _config_file_example()
+    dsn = "postgresql://app@127.0.0.1/app"
+    assert text.count(f'"{dsn}"') == 1, "the example's DSN"
+    schema = f"poodle_readme_{uuid.uuid4().hex[:12]}"
+    # A config file's values are interpolated: its % is written %%.
+    ours = with_search_path(POSTGRES_DSN, schema).replace("%", "%%")
+    conf = tmp_path / "app.conf"
+    conf.write_text(text.replace(dsn, ours), encoding="utf-8")
+    # Its own handler; without one, a reader takes the Notes class shown above it.
+    [(line, code)] = [(line, code) for line, code in BLOCKS if '"app.conf"' in code] or [
+        (line, "import cherrypy\n" + code[code.index("class Notes"):])
+        for line, code in BLOCKS if "class Notes" in code
+    ]
+
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        monkeypatch.chdir(tmp_path)
+        namespace: dict[str, Any] = {"__name__": "readme"}
+        exec(compile(code, f"README.rst:{line}", "exec"), namespace)
+        # What quickstart(Notes(), "/", "app.conf") does, but the HTTP server.
+        cherrypy.config.update(str(conf))
+        app = webtest.TestApp(cherrypy.tree.mount(namespace["Notes"](), "/", str(conf)))
+        cherrypy.engine.start()
+        try:
+            assert app.get("/").text == ""
+            app.get("/add", {"body": "hello"}, status=302)
+            app.get("/add", {"body": "100% world"}, status=302)
+            assert app.get("/").text == "hello\n100% world"
+        finally:
+            cherrypy.engine.stop()
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            rows = conn.execute(f"SELECT body FROM {schema}.notes").fetchall()
+        assert rows == [("hello",), ("100% world",)]
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
