@@ -6,7 +6,8 @@ request                   answer
 ``GET /docs/<id>``        200 the document, with ``_id`` and ``_rev``; 404
 ``PUT /docs/<id>``        201 created (no ``_rev`` in the body), 200 updated
                           (the current ``_rev`` in the body); 409 if the
-                          ``_rev`` is missing or stale. ``{"id", "rev"}``
+                          ``_rev`` is missing or stale, 400 if it is not a
+                          revision (``null`` included). ``{"id", "rev"}``
 ``DELETE /docs/<id>``     ``?rev=<current _rev>``: 200 ``{"id", "rev",
                           "deleted"}``; 409 if the rev is missing or stale;
                           404
@@ -348,10 +349,11 @@ class DocsAPI:
     """``/docs`` and ``/docs/<id>``: CouchDB-like documents.
 
     An exposed callable, so that any id reaches it (an id can never be taken
-    for one of its methods). :func:`read_docs_request` has checked the
-    request; here it meets the database, on ``cherrypy.request.conn``, in the
-    transaction ``tools.poodle.transaction`` commits when the answer is below
-    400 and rolls back otherwise.
+    for one of its methods). :func:`read_docs_request` and
+    :func:`read_docs_body` have checked the request; here it meets the
+    database, on ``cherrypy.request.conn``, in the transaction
+    ``tools.poodle.transaction`` commits when the answer is below 400 and
+    rolls back otherwise.
 
     ``prepare`` is called with each request's connection before its work
     (the app's creates the table if that could not be done at start).
