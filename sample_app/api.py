@@ -6,7 +6,8 @@ request                   answer
 ``GET /docs/<id>``        200 the document, with ``_id`` and ``_rev``; 404
 ``PUT /docs/<id>``        201 created (no ``_rev`` in the body), 200 updated
                           (the current ``_rev`` in the body); 409 if the
-                          ``_rev`` is missing or stale. ``{"id", "rev"}``
+                          ``_rev`` is missing or stale, 400 if it is not a
+                          revision (``null`` included). ``{"id", "rev"}``
 ``DELETE /docs/<id>``     ``?rev=<current _rev>``: 200 ``{"id", "rev",
                           "deleted"}``; 409 if the rev is missing or stale;
                           404
@@ -16,8 +17,9 @@ request                   answer
 ========================  =====================================================
 
 Every error is JSON, ``{"error": "<name>", "reason": "<what to do>"}`` (see
-:func:`json_error_page`). A request to ``/docs`` is read and checked in full by
-:func:`read_docs_request` before ``tools.poodle`` checks a connection out, so
+:func:`json_error_page`). A request to ``/docs`` is checked by
+:func:`read_docs_request` before CherryPy reads its body, and the body by
+:func:`read_docs_body`, both before ``tools.poodle`` checks a connection out:
 bad input costs no connection and writes nothing.
 """
 
@@ -44,6 +46,7 @@ __all__ = [
     "StatusAPI",
     "expose",
     "json_error_page",
+    "read_docs_body",
     "read_docs_request",
     "trim_error_body",
 ]
@@ -135,6 +138,11 @@ def _bad_request(reason: str) -> cherrypy.HTTPError:
     return cherrypy.HTTPError(400, reason)
 
 
+def _not_found(reason: str) -> cherrypy.HTTPError:
+    # Not cherrypy.NotFound, whose argument is a path: "The path '...' was not found."
+    return cherrypy.HTTPError(404, reason)
+
+
 def _not_allowed(allowed: tuple[str, ...]) -> cherrypy.HTTPError:
     cherrypy.serving.response.headers["Allow"] = ", ".join(allowed)
     method = cherrypy.serving.request.method
@@ -161,20 +169,24 @@ class DocsRequest:
     rev: Optional[str] = None
     """``_rev`` of the body (write) or ``?rev=`` (delete), if given."""
     body: str = ""
-    """The content to store (write), as :func:`store.encode` made it."""
+    """The content to store (write), as :func:`store.encode` made it; set by
+    :func:`read_docs_body`."""
     prefix: str = ""
     after: str = ""
     limit: int = DEFAULT_LIMIT
 
 
 def read_docs_request() -> None:
-    """``before_handler`` hook of ``/docs``: read and check the whole request.
+    """``before_request_body`` hook of ``/docs``: check the request line and headers.
 
-    Sets ``cherrypy.request.docs`` to a :class:`DocsRequest`, or raises the
-    4xx that says what is wrong: 404 (a path under ``/docs/<id>/``), 405 with
-    ``Allow``, 400 (an id, parameter, ``_id`` or ``_rev`` that is not
-    acceptable, invalid JSON, a body that is not an object), 415 (a body
-    that is not JSON), 413 (a body over ``request.body.maxbytes``).
+    Sets ``cherrypy.request.docs`` to a :class:`DocsRequest` (a write's body
+    is left to :func:`read_docs_body`), or raises the 4xx that says what is
+    wrong: 404 (a path under ``/docs/<id>/``), 405 with ``Allow``, 400 (an
+    id or parameter that is not acceptable), 415 (a PUT whose
+    ``Content-Type`` is not ``application/json``, or that has none), 413 (a
+    declared ``Content-Length`` over ``request.body.maxbytes``, refused
+    before any of the body is read). Runs before CherryPy's body
+    processors, which it switches off: a body is only ever read as JSON.
     """
     request = cherrypy.serving.request
     vpath = getattr(request.handler, "args", None)
@@ -208,12 +220,33 @@ def read_docs_request() -> None:
             raise _bad_request(f"invalid rev {rev!r}: a revision is <n>-<32 hex digits>")
         request.docs = DocsRequest("delete", doc_id, rev=rev)
     else:
-        request.docs = _read_document_body(request, doc_id, params)
+        _check_document_headers(request, params)
+        request.docs = DocsRequest("write", doc_id)
+
+
+# Early among the before_request_body hooks; tools.poodle only checks a
+# connection out later, at before_handler.
+read_docs_request.priority = 40  # type: ignore[attr-defined]
+
+
+def read_docs_body() -> None:
+    """``before_handler`` hook of ``/docs``: read and check a write's body.
+
+    Completes the :class:`DocsRequest` of a PUT, or raises: 400 (a body
+    shorter than its ``Content-Length``, invalid JSON, a body that is not an
+    object, an ``_id`` or ``_rev`` that is not acceptable, ``"_rev": null``
+    included), 413 (a body over ``request.body.maxbytes``).
+    """
+    request = cherrypy.serving.request
+    job: Optional[DocsRequest] = getattr(request, "docs", None)
+    if job is None or job.action != "write":
+        return
+    request.docs = _read_document_body(request, job.doc_id)
 
 
 # Before tools.poodle checks a connection out (95): a request refused here
 # holds no connection, not even while its body arrives.
-read_docs_request.priority = 40  # type: ignore[attr-defined]
+read_docs_body.priority = 40  # type: ignore[attr-defined]
 
 
 def _single_params(params: dict[str, Any]) -> dict[str, str]:
@@ -249,19 +282,38 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _read_document_body(request: Any, doc_id: str, params: dict[str, str]) -> DocsRequest:
+def _check_document_headers(request: Any, params: dict[str, str]) -> None:
     media_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if media_type not in ("", "application/json"):
-        raise cherrypy.HTTPError(415, f"send the document as application/json, not {media_type}")
+    if media_type != "application/json":
+        given = f"not {media_type}" if media_type else "with a Content-Type header"
+        raise cherrypy.HTTPError(415, f"send the document as application/json, {given}")
     _no_other_params(params, ())
+    length = request.body.length
+    if length is not None and request.body.maxbytes and length > request.body.maxbytes:
+        raise _too_large(request)
+    # Only raw JSON is read from here on: no form or multipart parsing (whose
+    # errors would be 500s), and none of the body goes into request.params.
+    request.body.processors.clear()
+
+
+def _too_large(request: Any) -> cherrypy.HTTPError:
+    return cherrypy.HTTPError(413, f"the body is larger than {request.body.maxbytes} bytes")
+
+
+def _read_document_body(request: Any, doc_id: str) -> DocsRequest:
     try:
         raw = request.body.read()
     except cherrypy.HTTPError as exc:
         if exc.code != 413:
             raise
-        raise cherrypy.HTTPError(
-            413, f"the body is larger than {request.body.maxbytes} bytes"
-        ) from None
+        raise _too_large(request) from None
+    length = request.body.length
+    if length is not None and len(raw) < length:
+        # The client closed (or half-closed) its socket early: what came is
+        # not the document that was sent, however well formed.
+        raise _bad_request(
+            f"the body ended after {len(raw)} of the {length} bytes of its Content-Length"
+        )
     try:
         content = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
@@ -273,8 +325,12 @@ def _read_document_body(request: Any, doc_id: str, params: dict[str, str]) -> Do
     if "_id" in content and content["_id"] != doc_id:
         raise _bad_request(f"_id {content['_id']!r} is not the id in the URL, {doc_id!r}")
     rev = content.get("_rev")
-    if rev is not None and not (isinstance(rev, str) and store.is_valid_rev(rev)):
-        raise _bad_request(f"invalid _rev {rev!r}: a revision is <n>-<32 hex digits>")
+    if "_rev" in content and not (isinstance(rev, str) and store.is_valid_rev(rev)):
+        # null included: as in CouchDB, a _rev that is given must be a revision.
+        raise _bad_request(
+            f"invalid _rev {json.dumps(rev)}: a revision is <n>-<32 hex digits>; "
+            f"leave _rev out to create a document"
+        )
     for field in content:
         if field.startswith("_") and field not in SPECIAL_FIELDS:
             raise _bad_request(
@@ -293,19 +349,28 @@ class DocsAPI:
     """``/docs`` and ``/docs/<id>``: CouchDB-like documents.
 
     An exposed callable, so that any id reaches it (an id can never be taken
-    for one of its methods). :func:`read_docs_request` has checked the
-    request; here it meets the database, on ``cherrypy.request.conn``, in the
-    transaction ``tools.poodle.transaction`` commits when the answer is below
-    400 and rolls back otherwise.
+    for one of its methods). :func:`read_docs_request` and
+    :func:`read_docs_body` have checked the request; here it meets the
+    database, on ``cherrypy.request.conn``, in the transaction
+    ``tools.poodle.transaction`` commits when the answer is below 400 and
+    rolls back otherwise.
+
+    ``prepare`` is called with each request's connection before its work
+    (the app's creates the table if that could not be done at start).
     """
 
     exposed = True
+
+    def __init__(self, prepare: Optional[Callable[[db.Connection], None]] = None) -> None:
+        self._prepare = prepare
 
     def __call__(self, *vpath: str, **params: Any) -> bytes:
         request = cherrypy.serving.request
         job: DocsRequest = request.docs
         conn: db.Connection = request.conn
         try:
+            if self._prepare is not None:
+                self._prepare(conn)
             if job.action == "list":
                 page = store.page(conn, job.prefix, job.after, job.limit)
                 rows = [{"id": doc_id, "rev": rev} for doc_id, rev in page.rows]
@@ -313,7 +378,7 @@ class DocsAPI:
             if job.action == "read":
                 doc = store.read(conn, job.doc_id)
                 if doc is None:
-                    raise cherrypy.NotFound("no document has this id")
+                    raise _not_found("no document has this id")
                 return _answer(doc.as_json())
             if job.action == "delete":
                 store.delete(conn, job.doc_id, job.rev)
@@ -326,7 +391,7 @@ class DocsAPI:
         except store.Conflict as exc:
             raise cherrypy.HTTPError(409, str(exc)) from None
         except store.NotFound as exc:
-            raise cherrypy.NotFound(str(exc)) from None
+            raise _not_found(str(exc)) from None
         except Exception as exc:
             if db.is_busy(exc):
                 raise Busy() from exc

@@ -14,6 +14,7 @@ The pool itself is declared apart, on the engine's
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Optional, Union
 
 import cherrypy
@@ -21,12 +22,13 @@ from cherrypy.process.plugins import SimplePlugin
 
 from poodle_cherrypy import get_pool
 
-from . import store
+from . import db, store
 from .api import (
     DEFAULT_MAX_BODY,
     DocsAPI,
     StatusAPI,
     json_error_page,
+    read_docs_body,
     read_docs_request,
     trim_error_body,
 )
@@ -40,20 +42,49 @@ POOL = "default"
 
 
 class SchemaPlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
-    """Creates the documents table, if need be, when the engine starts."""
+    """Creates the documents table, if need be: when the engine starts, or, if
+    the database cannot be reached then, on the first connection that works.
+
+    A database that is down does not stop the app (the pool's promise): it
+    starts, ``/docs`` answers 503 with ``Retry-After`` until the pool can
+    connect, and the first ``/docs`` request that gets a connection creates
+    the table (:meth:`ensure`) before it does its own work.
+    """
+
+    def __init__(self, bus: Any) -> None:
+        super().__init__(bus)
+        self._lock = threading.Lock()
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the table is known to exist."""
+        return self._ready
 
     def start(self) -> None:
-        """Create the table through the pool; an error stops the engine."""
+        """Try to create the table through the pool; a failure is logged, not raised."""
         try:
             with get_pool(POOL, self.bus).get() as conn:
-                store.ensure_schema(conn)
+                self.ensure(conn)
         except Exception as exc:
-            self.bus.log(f"sample_app: cannot create the schema: {exc!r}", level=logging.ERROR)
-            raise
-        self.bus.log("sample_app: schema ready")
+            self.bus.log(
+                f"sample_app: cannot create the schema yet ({exc!r}); "
+                f"it will be created on the first connection that works",
+                level=logging.WARNING,
+            )
 
     # After PoodlePlugin opens the pools (70), before the HTTP server serves (75).
     start.priority = 72  # type: ignore[attr-defined]
+
+    def ensure(self, conn: db.Connection) -> None:
+        """Create the table on ``conn`` unless that was done already (once per process)."""
+        if self._ready:
+            return
+        with self._lock:  # one CREATE TABLE at a time: concurrent ones can clash in PostgreSQL
+            if not self._ready:
+                store.ensure_schema(conn)
+                self._ready = True
+                self.bus.log("sample_app: schema ready")
 
 
 def app_config(max_body: int = DEFAULT_MAX_BODY) -> dict[str, dict[str, Any]]:
@@ -77,7 +108,8 @@ def app_config(max_body: int = DEFAULT_MAX_BODY) -> dict[str, dict[str, Any]]:
             # Only a PUT has a body to read: any other method gets its 405 (or
             # its answer) without CherryPy reading, or demanding, a body first.
             "request.methods_with_bodies": ("PUT",),
-            "hooks.before_handler": read_docs_request,
+            "hooks.before_request_body": read_docs_request,
+            "hooks.before_handler": read_docs_body,
         },
         "/static": {
             "tools.staticdir.on": True,
@@ -106,7 +138,7 @@ class SampleApp:
         self.config = app_config(max_body)
         self.history = PoolHistory(self.bus, seconds=history_seconds, interval=sample_interval)
         self.schema = SchemaPlugin(self.bus)
-        self.root = Root(DocsAPI(), StatusAPI(self.history))
+        self.root = Root(DocsAPI(prepare=self.schema.ensure), StatusAPI(self.history))
 
     def mount(
         self, script_name: str = "", config: Optional[Union[str, dict[str, Any]]] = None

@@ -83,10 +83,21 @@ def _text(text: str) -> str:
     return text
 
 
+def _database(text: str) -> str:
+    _text(text)
+    scheme = db.url_scheme(text)
+    if scheme is not None and not db.is_postgresql_url(text):
+        raise argparse.ArgumentTypeError(
+            f"unsupported URL scheme {scheme!r}: give a postgresql:// "
+            f"(or postgres://) URL, or the path of an SQLite file"
+        )
+    return text
+
+
 _TYPES: dict[str, Callable[[str], Any]] = {
     "host": _text,
     "port": _port,
-    "database": _text,
+    "database": _database,
     "pool_size": _positive,
     "max_body": _positive,
     "config": _file,

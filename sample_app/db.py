@@ -13,6 +13,7 @@ value: a file path (SQLite) or a ``postgresql://`` URL (psycopg 3).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POSTGRESQL",
+    "POSTGRESQL_SCHEMES",
     "SQLITE",
     "Dialect",
     "connect_postgresql",
@@ -34,6 +36,7 @@ __all__ = [
     "pool_spec",
     "rollback",
     "sqlite_broken",
+    "url_scheme",
 ]
 
 #: Seconds an SQLite connection waits for another writer's lock before it
@@ -152,13 +155,36 @@ def sqlite_broken(conn: sqlite3.Connection, exc: Optional[BaseException]) -> boo
 # -- PostgreSQL ------------------------------------------------------------------
 
 
+#: The URL schemes of a PostgreSQL ``--database``, in any case.
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def url_scheme(database: str) -> Optional[str]:
+    """The scheme of ``database`` if it is a URL (``"<scheme>://..."``), else None."""
+    match = _URL_SCHEME.match(database)
+    return None if match is None else match.group(1)
+
+
 def is_postgresql_url(database: str) -> bool:
-    """Whether ``--database`` names a PostgreSQL server rather than an SQLite file."""
-    return database.startswith(("postgresql://", "postgres://"))
+    """Whether ``--database`` names a PostgreSQL server rather than an SQLite file:
+    a ``postgresql://`` or ``postgres://`` URL, the scheme in any case."""
+    scheme = url_scheme(database)
+    return scheme is not None and scheme.lower() in POSTGRESQL_SCHEMES
+
+
+def _libpq_url(url: str) -> str:
+    # libpq only knows its URL schemes in lower case.
+    scheme = url_scheme(url)
+    if scheme is None or scheme.lower() not in POSTGRESQL_SCHEMES:
+        return url
+    return scheme.lower() + url[len(scheme):]
 
 
 def connect_postgresql(url: str) -> psycopg.Connection[Any]:
-    """A psycopg 3 connection to ``url`` (any libpq conninfo string or URL).
+    """A psycopg 3 connection to ``url`` (any libpq conninfo string, or a URL
+    whose scheme is postgresql or postgres in any case).
 
     In autocommit mode, as SQLite's are (see :func:`connect_sqlite`): a read
     is one round trip, where psycopg's implicit transaction would add a
@@ -168,7 +194,7 @@ def connect_postgresql(url: str) -> psycopg.Connection[Any]:
     """
     import psycopg  # only needed for PostgreSQL (the "postgresql" extra)
 
-    return psycopg.connect(url, autocommit=True)
+    return psycopg.connect(_libpq_url(url), autocommit=True)
 
 
 def ping(conn: Connection) -> None:

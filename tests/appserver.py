@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -38,16 +38,25 @@ def sample_app_environ(env: Optional[dict[str, str]] = None) -> dict[str, str]:
 class Server:
     """``python -m sample_app`` in a subprocess, its stderr read by a thread."""
 
-    def __init__(self, args: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sample_app", *args],
-            cwd=cwd,
-            env=sample_app_environ(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,  # the access log
-            stderr=subprocess.PIPE,
-            text=True,
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: Optional[dict[str, str]] = None,
+        access_log: Optional[Path] = None,
+    ) -> None:
+        """``access_log``: a file to write the access log (stdout) to; else it is dropped."""
+        environ = sample_app_environ(env)
+        self.access_log = access_log
+        command = [sys.executable, "-m", "sample_app", *args]
+        options: dict[str, Any] = dict(
+            cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
+        if access_log is None:
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, **options)
+        else:
+            with open(access_log, "wb") as stdout:  # the child keeps its own copy
+                self.proc = subprocess.Popen(command, stdout=stdout, **options)
         self.log: list[str] = []
         self._lines: queue.Queue[Optional[str]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

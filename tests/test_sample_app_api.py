@@ -94,7 +94,8 @@ def test_create_read_update_delete(app: Any) -> None:
 
     res = app.delete(f"/docs/note-1?rev={updated['rev']}", status=200)
     assert res.json == {"id": "note-1", "rev": updated["rev"], "deleted": True}
-    assert_error(app.get("/docs/note-1", status=404), 404, "not_found")
+    missing = assert_error(app.get("/docs/note-1", status=404), 404, "not_found")
+    assert missing["reason"] == "no document has this id"
     assert_error(app.delete(f"/docs/note-1?rev={updated['rev']}", status=404), 404, "not_found")
     # Deleted means gone: the id can be created again, from revision 1.
     assert put(app, "note-1", {}, status=201).json["rev"].startswith("1-")
@@ -234,6 +235,20 @@ BAD_REQUESTS = [
     ("form", "PUT", "/docs/new", _body("a=1", "application/x-www-form-urlencoded"),
      415, "unsupported_media_type"),
     ("text", "PUT", "/docs/new", _body("{}", "text/plain"), 415, "unsupported_media_type"),
+    # Refused before CherryPy's multipart processor, which would raise a 500
+    # on the missing boundary.
+    ("multipart-no-boundary", "PUT", "/docs/new", _body("{}", "multipart/form-data"),
+     415, "unsupported_media_type"),
+    ("multipart-mixed", "PUT", "/docs/new", _body("{}", "multipart/mixed"),
+     415, "unsupported_media_type"),
+    ("multipart-with-boundary", "PUT", "/docs/new",
+     _body("--b\r\n\r\n{}\r\n--b--\r\n", "multipart/form-data; boundary=b"),
+     415, "unsupported_media_type"),
+    ("no-content-type", "PUT", "/docs/new", {"body": b"{}"}, 415, "unsupported_media_type"),
+    # "_rev": null is not "no _rev": like CouchDB, a _rev that is not a revision is refused.
+    ("rev-null", "PUT", "/docs/new", _body('{"_rev": null}'), 400, "bad_request"),
+    ("rev-null-existing", "PUT", "/docs/seed", _body('{"_rev": null, "v": 2}'),
+     400, "bad_request"),
     ("delete-bad-rev", "DELETE", "/docs/seed?rev=nonsense", {}, 400, "bad_request"),
     ("limit-zero", "GET", "/docs?limit=0", {}, 400, "bad_request"),
     ("limit-over", "GET", f"/docs?limit={MAX_LIMIT + 1}", {}, 400, "bad_request"),
@@ -265,6 +280,8 @@ def test_bad_input_gets_a_json_4xx_and_writes_nothing(
     res = app.request(path, method=method, expect_errors=True, **options)
 
     assert_error(res, status, error)
+    if "content_type" not in options and "body" in options:
+        assert "CONTENT_TYPE" not in res.request.environ  # sent with no Content-Type at all
     # Refused before tools.poodle checked a connection out.
     assert get_pool().stats().checkouts == checkouts
     assert snapshot(app) == before

@@ -13,12 +13,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from appserver import STARTUP_TIMEOUT, Server, sample_app_environ
+from conftest import wait_until
+from tcpproxy import TCPProxy
 
+from sample_app import db
 from sample_app.cli import DEFAULTS, ENVIRONMENT, build_parser, parse_args
 
 APP_CONF = Path(__file__).resolve().parent.parent / "sample_app" / "app.conf"
@@ -149,3 +153,137 @@ def test_a_config_pool_and_database_option_together_is_an_error(tmp_path: Path) 
     assert result.returncode == 2
     assert "declares pool 'default'" in result.stderr and "--database" in result.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+# -- --database ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://root@127.0.0.1/test", "sqlite:///docs.db", "HTTP://example.com/db"]
+)
+def test_a_database_url_of_another_scheme_is_a_usage_error(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, environ in (
+        (["--database", url], {}),
+        ([], {"SAMPLE_APP_DATABASE": url}),
+    ):
+        with pytest.raises(SystemExit) as exc_info:
+            parse_args(argv, environ)
+        assert exc_info.value.code == 2
+        err = capsys.readouterr().err
+        assert repr(url.split(":", 1)[0]) in err and "postgresql://" in err, err
+
+
+def test_an_unsupported_database_url_creates_no_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sample_app", "--database", "mysql://root@127.0.0.1/test"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "postgresql://" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("scheme", ["POSTGRESQL", "Postgres"])
+def test_the_postgresql_scheme_is_case_insensitive(
+    scheme: str, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = scheme + postgres_dsn[postgres_dsn.index("://"):]
+    assert parse_args(["--database", url], {}).database == url
+    assert db.is_postgresql_url(url)
+    spec = db.pool_spec(url, 1)
+    assert spec["factory"] is db.connect_postgresql
+    with spec["factory"](*spec["args"]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- a database that is down at start ---------------------------------------------------
+
+
+@pytest.fixture
+def own_schema(postgres_dsn: str) -> Iterator[str]:
+    """A schema of this test's own (others use this session's), dropped after."""
+    import uuid
+
+    import psycopg
+
+    schema = f"poodle_down_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def request(port: int, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=STARTUP_TIMEOUT)
+    data = None if body is None else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_the_app_starts_with_its_database_down_and_creates_the_schema_when_it_is_back(
+    tmp_path: Path,
+    free_port: int,
+    postgres_dsn: str,
+    own_schema: str,
+    tcp_proxy: Callable[[int], TCPProxy],
+) -> None:
+    import psycopg
+
+    proxy = tcp_proxy(5432)
+    proxy.refuse()  # "PostgreSQL" is down before the app starts
+    user_host = postgres_dsn.partition("://")[2].partition("@")
+    path = postgres_dsn.rpartition("/")[2]
+    url = (f"postgresql://{user_host[0]}@127.0.0.1:{proxy.port}/{path}"
+           f"?connect_timeout=5&options=-csearch_path%3D{own_schema}")
+    server = Server(["--port", str(free_port), "--database", url], tmp_path)
+    try:
+        server.wait_for("Bus STARTED")
+        for _ in range(2):  # and again: an outage is not remembered as "started"
+            assert call(free_port, "GET", "/status")[0] == 200
+            page = request(free_port, "GET", "/")
+            assert page.status == 200
+            for method, path_, body in (("GET", "/docs/x", None), ("PUT", "/docs/x", {"v": 1}),
+                                        ("GET", "/docs", None)):
+                response = request(free_port, method, path_, body)
+                assert response.status == 503, (method, path_, response.status)
+                assert response.getheader("Retry-After")
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass(%s)", (f"{own_schema}.docs",)).fetchone() \
+                == (None,)
+
+        proxy.forward()  # back
+        statuses: list[int] = []
+
+        def created() -> bool:
+            statuses.append(call(free_port, "PUT", "/docs/x", {"v": 1})[0])
+            return statuses[-1] != 503
+
+        wait_until(created, 60.0, "a PUT that is not a 503 once the database is back")
+        assert statuses[-1] == 201, statuses
+        status, doc = call(free_port, "GET", "/docs/x")
+        assert (status, doc["v"]) == (200, 1)
+        assert call(free_port, "GET", "/status")[0] == 200
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT id FROM " + own_schema + ".docs").fetchall() == [("x",)]
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    log = "".join(server.log)
+    assert "Bus EXITED" in log

@@ -4,8 +4,14 @@
 
 const PAGE_SIZE = 50;
 const STATUS_EVERY_MS = 2000;
-const GAUGES = ["in_use", "idle", "waiting"];
+const LIST_EVERY_MS = 3000;
+// Drawn in this order: the first is under the others. "waiting" sits at 0
+// most of the time, where it would hide "idle" if it were drawn over it.
+const GAUGES = ["waiting", "in_use", "idle"];
 const SVG = "http://www.w3.org/2000/svg";
+// The chart's height and margins, in pixels; "p99" is the right margin when
+// the wait_time_p99 axis is drawn there.
+const CHART = { height: 180, top: 10, right: 14, p99: 52, bottom: 22, left: 32 };
 
 const $ = (id) => document.getElementById(id);
 
@@ -13,6 +19,14 @@ const $ = (id) => document.getElementById(id);
 let current = null;
 // The "after" of the next page of the list, or null.
 let nextAfter = null;
+// The prefix the list shows (what was filtered, not what is being typed).
+let listPrefix = "";
+// A listing under way: the periodic refresh skips a turn rather than race it.
+let listing = false;
+// The last /status answer drawn, for a redraw when the page is resized.
+let lastStatus = null;
+// [t, seconds] of each wait_time_p99 seen, when /status reports it.
+const p99History = [];
 
 async function call(method, url, body) {
   const init = { method, headers: { Accept: "application/json" } };
@@ -42,32 +56,72 @@ function docUrl(id) {
 
 // -- the list ---------------------------------------------------------------
 
+function listParams(limit, after) {
+  const params = new URLSearchParams({ limit: String(limit) });
+  if (listPrefix) params.set("prefix", listPrefix);
+  if (after) params.set("after", after);
+  return params;
+}
+
+function listItem(row) {
+  const item = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = row.id;
+  button.title = `${row.id}\nrevision ${row.rev}`;
+  button.dataset.id = row.id;
+  button.dataset.rev = row.rev;
+  button.addEventListener("click", () => loadDocument(row.id));
+  item.append(button);
+  return item;
+}
+
 async function loadList(more) {
-  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
-  const prefix = $("prefix").value.trim();
-  if (prefix) params.set("prefix", prefix);
-  if (more && nextAfter) params.set("after", nextAfter);
-  const { ok, data } = await call("GET", "docs?" + params);
-  if (!ok) {
-    say(`Listing failed: ${data.reason}`, true);
-    return;
+  if (!more) listPrefix = $("prefix").value.trim();
+  listing = true;
+  try {
+    const { ok, data } = await call("GET", "docs?" + listParams(PAGE_SIZE, more ? nextAfter : ""));
+    if (!ok) {
+      say(`Listing failed: ${data.reason}`, true);
+      return;
+    }
+    const list = $("doc-list");
+    if (!more) list.replaceChildren();
+    list.append(...data.rows.map(listItem));
+    nextAfter = data.next;
+    $("more").hidden = nextAfter === null;
+    markCurrent();
+  } finally {
+    listing = false;
   }
+}
+
+// Others write too: fetch again as many rows as are shown, and redraw the
+// list only if it changed (so its scroll position and hover stay put).
+async function refreshList() {
+  if (listing || document.hidden) return;
   const list = $("doc-list");
-  if (!more) list.replaceChildren();
-  for (const row of data.rows) {
-    const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = row.id;
-    button.title = row.rev;
-    button.dataset.id = row.id;
-    button.addEventListener("click", () => loadDocument(row.id));
-    item.append(button);
-    list.append(item);
+  const shown = list.querySelectorAll("button").length;
+  const limit = Math.min(1000, Math.max(PAGE_SIZE, shown));
+  listing = true;
+  try {
+    const { ok, data } = await call("GET", "docs?" + listParams(limit, ""));
+    if (!ok) return;
+    const was = [...list.querySelectorAll("button")].map((b) => `${b.dataset.id} ${b.dataset.rev}`);
+    const now = data.rows.map((row) => `${row.id} ${row.rev}`);
+    if (was.join("\n") !== now.join("\n")) {
+      const scroll = list.scrollTop;
+      list.replaceChildren(...data.rows.map(listItem));
+      list.scrollTop = scroll;
+      markCurrent();
+    }
+    nextAfter = data.next;
+    $("more").hidden = nextAfter === null;
+  } catch (err) {
+    // The server is away: try again at the next tick.
+  } finally {
+    listing = false;
   }
-  nextAfter = data.next;
-  $("more").hidden = nextAfter === null;
-  markCurrent();
 }
 
 function markCurrent() {
@@ -131,6 +185,10 @@ async function remove() {
     return;
   }
   const { id, rev } = current;
+  if (!window.confirm(`Delete ${id} (revision ${rev})? This cannot be undone.`)) {
+    say(`Not deleted: ${id}.`);
+    return;
+  }
   const { ok, data } = await call("DELETE", `${docUrl(id)}?rev=${encodeURIComponent(rev)}`);
   if (!ok) {
     say(`Deleting ${id} failed: ${data.reason}`, true);
@@ -149,29 +207,111 @@ function svg(name, attributes) {
   return node;
 }
 
-function draw(history, name) {
+function text(content, attributes) {
+  const node = svg("text", attributes);
+  node.textContent = content;
+  return node;
+}
+
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+// A step for about `count` ticks over `span`, from `steps` (ascending).
+function niceStep(span, count, steps) {
+  return steps.find((step) => span / step <= count) || steps[steps.length - 1];
+}
+
+// The chart, drawn to the pixel size it has on the page. `series` null: the
+// empty state (axes and a note), as long as there is no sample to draw.
+function drawChart(series, interval) {
   const chart = $("pool-chart");
-  const series = history.pools[name];
-  const [width, height, pad] = [600, 160, 14];
+  const width = Math.max(200, Math.round(chart.getBoundingClientRect().width) || 600);
+  const { height, top, bottom, left } = CHART;
+  const p99Seen = series !== null && p99History.some(([t, v]) => t >= series.t[0] && v !== null);
+  const right = p99Seen ? CHART.p99 : CHART.right;
+  const [x0, x1, y0, y1] = [left, width - right, top, height - bottom];
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
   chart.replaceChildren();
-  if (!series || series.t.length === 0) return;
-  const end = series.t[series.t.length - 1];
-  const start = end - history.seconds;
-  const top = Math.max(1, ...series.max_size, ...series.size, ...series.waiting);
-  const x = (t) => (((t - start) / history.seconds) * width).toFixed(1);
-  const y = (v) => (height - pad - (v / top) * (height - 2 * pad)).toFixed(1);
-  const maxSize = series.max_size[series.max_size.length - 1];
-  chart.append(svg("line", { class: "max", x1: 0, x2: width, y1: y(maxSize), y2: y(maxSize) }));
-  const label = svg("text", { x: 4, y: Number(y(maxSize)) - 3 });
-  label.textContent = `max_size ${maxSize}`;
-  chart.append(label);
+  chart.append(svg("rect", { class: "plot", x: x0, y: y0, width: x1 - x0, height: y1 - y0 }));
+
+  const samples = series ? series.t.length : 0;
+  const peak = samples ? Math.max(1, ...series.max_size, ...series.size, ...series.waiting) : 4;
+  // 0 sits a little above the x axis, so that a line at 0 is not hidden in it.
+  const y = (v) => (y1 - 3 - (v / peak) * (y1 - 3 - y0)).toFixed(1);
+  const yStep = niceStep(peak, 4, [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]);
+  for (let v = 0; v <= peak; v += yStep) {
+    if (v > 0) chart.append(svg("line", { class: "grid", x1: x0, x2: x1, y1: y(v), y2: y(v) }));
+    chart.append(text(String(v), { x: x0 - 6, y: Number(y(v)) + 4, "text-anchor": "end" }));
+  }
+  chart.append(svg("line", { class: "axis", x1: x0, x2: x0, y1: y0, y2: y1 }));
+  chart.append(svg("line", { class: "axis", x1: x0, x2: x1, y1: y1, y2: y1 }));
+  if (!samples) {
+    chart.append(text("No samples yet: waiting for the server's /status.", {
+      class: "empty", x: (x0 + x1) / 2, y: (y0 + y1) / 2, "text-anchor": "middle",
+    }));
+    return;
+  }
+
+  // From the first sample to the last: the window fills as it grows, up to
+  // the server's history (5 minutes), instead of a fixed, mostly empty span.
+  const start = series.t[0];
+  const end = Math.max(series.t[samples - 1], start + interval);
+  const x = (t) => (x0 + ((t - start) / (end - start)) * (x1 - x0)).toFixed(1);
+
+  const labels = [[start, "start"], [end, "end"]];
+  const tStep = niceStep(end - start, Math.max(1, Math.floor((x1 - x0) / 80)),
+    [1, 2, 5, 10, 15, 30, 60, 120, 300, 600]);
+  for (let t = Math.ceil(start / tStep) * tStep; t < end; t += tStep) {
+    // Clear of the end labels, which are anchored inwards.
+    const far = Number(x(t)) - x0 > 100 && x1 - Number(x(t)) > 100;
+    if (far && clock(t) !== clock(start) && clock(t) !== clock(end)) labels.push([t, "middle"]);
+  }
+  for (const [t, anchor] of labels) {
+    chart.append(svg("line", { class: "axis", x1: x(t), x2: x(t), y1: y1, y2: y1 + 4 }));
+    chart.append(text(clock(t), { class: "time", x: x(t), y: height - 6, "text-anchor": anchor }));
+  }
+
+  const maxSize = series.max_size[samples - 1];
+  chart.append(svg("line", { class: "max", x1: x0, x2: x1, y1: y(maxSize), y2: y(maxSize) }));
+  chart.append(text(`max_size ${maxSize}`, { x: x0 + 4, y: Number(y(maxSize)) - 3 }));
   for (const gauge of GAUGES) {
     const points = series.t.map((t, i) => `${x(t)},${y(series[gauge][i])}`).join(" ");
     chart.append(svg("polyline", { class: gauge, points }));
   }
-  const minutes = Math.round(history.seconds / 60);
-  $("chart-span").textContent =
-    `The last ${minutes} minutes, sampled every ${history.interval} s on the server.`;
+  drawP99(chart, start, x, [x1, y0, y1]);
+}
+
+// wait_time_p99 (seconds, from /status when the server reports it) on its
+// own axis, in milliseconds, on the right.
+function drawP99(chart, start, x, [x1, y0, y1]) {
+  const seen = p99History.filter(([t, v]) => t >= start && v !== null);
+  if (seen.length === 0) return;
+  const ms = seen.map(([, v]) => v * 1000);
+  const peak = niceStep(Math.max(...ms), 1, [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000,
+    5000, 10000, 30000, 60000]);
+  const y = (v) => (y1 - (v / peak) * (y1 - y0)).toFixed(1);
+  chart.append(svg("line", { class: "axis", x1: x1, x2: x1, y1: y0, y2: y1 }));
+  for (const v of [0, peak / 2, peak]) {
+    chart.append(text(`${v} ms`, { class: "p99", x: x1 + 4, y: Number(y(v)) + 4 }));
+  }
+  const points = seen.map(([t], i) => `${x(t)},${y(ms[i])}`).join(" ");
+  chart.append(svg("polyline", { class: "wait_p99", points }));
+  const [last] = seen.slice(-1); // a dot, so that a single value shows too
+  chart.append(svg("circle", { class: "wait_p99", cx: x(last[0]), cy: y(ms[ms.length - 1]), r: 2.5 }));
+}
+
+function redraw() {
+  if (lastStatus === null) {
+    drawChart(null, 1);
+    return;
+  }
+  const { history, name } = lastStatus;
+  const series = history.pools[name];
+  drawChart(series && series.t.length ? series : null, history.interval);
+  const span = series && series.t.length ? clock(series.t[0]) : "now";
+  $("chart-span").textContent = `Since ${span}, up to the last ${Math.round(history.seconds / 60)} ` +
+    `minutes, sampled every ${history.interval} s on the server.`;
 }
 
 async function refreshStatus() {
@@ -186,7 +326,18 @@ async function refreshStatus() {
     for (const key of ["in_use", "idle", "waiting", "size", "max_size", "checkouts", "timeouts"]) {
       $(`stat-${key}`).textContent = String(stats[key]);
     }
-    draw(data.history, name);
+    if ("wait_time_p99" in stats) {
+      const p99 = stats.wait_time_p99;
+      const series = data.history.pools[name];
+      const t = series && series.t.length ? series.t[series.t.length - 1] : Date.now() / 1000;
+      p99History.push([t, typeof p99 === "number" ? p99 : null]);
+      while (p99History.length && p99History[0][0] < t - data.history.seconds) p99History.shift();
+      $("legend-wait_p99").hidden = false;
+      $("stat-wait_time_p99").textContent =
+        typeof p99 === "number" ? `${(p99 * 1000).toFixed(1)} ms` : "-";
+    }
+    lastStatus = { history: data.history, name };
+    redraw();
   } catch (err) {
     // The server is away (restarting, say): try again at the next tick.
   }
@@ -207,7 +358,10 @@ document.addEventListener("DOMContentLoaded", () => {
     say("");
     $("doc-id").focus();
   });
+  redraw(); // the empty state, before any answer
+  window.addEventListener("resize", redraw);
   loadList(false);
   refreshStatus();
   setInterval(refreshStatus, STATUS_EVERY_MS);
+  setInterval(refreshList, LIST_EVERY_MS);
 });
