@@ -179,6 +179,7 @@ def test_an_unsupported_database_url_creates_no_file(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sample_app", "--database", "mysql://root@127.0.0.1/test"],
         cwd=tmp_path,
+        env=sample_app_environ(),
         capture_output=True,
         text=True,
         timeout=STARTUP_TIMEOUT,
