@@ -84,10 +84,10 @@ def test_apps_behind_a_virtual_host_are_checked(cp_engine: Any) -> None:
     other = cherrypy.Application(Root(), "", {"/": {"tools.poodle.timout": 1}})
     cherrypy.tree.graft(VirtualHost(bad, {"b.example": other, "c.example": wsgi_hello}), "/v")
     assert sorted(_tool_config_problems({"default": Pool(object)})) == [
-        "/v (host 'b.example') [/] tools.poodle.timout: unknown option; the options are "
-        "on, pool, priority, retry_after, timeout, transaction",
         "/v (default host) [/x] tools.poodle.pool = 'missing': no such pool; the pools are "
         "['default']",
+        "/v (host 'b.example') [/] tools.poodle.timout: unknown option; the options are "
+        "on, pool, priority, retry_after, timeout, transaction",
     ]
 
 
@@ -112,7 +112,7 @@ def test_the_check_resolves_the_pool_along_the_path_with_find_config(cp_engine: 
 class Exploding(dict):  # type: ignore[type-arg]
     """App config whose lookups fail: a bug the check meets, not a config mistake."""
 
-    def get(self, *args: Any, **kwargs: Any) -> Any:
+    def items(self) -> Any:
         raise RuntimeError("the check tripped over something")
 
 
