@@ -37,26 +37,24 @@ class Bodies:
         self.responses.append(cherrypy.serving.response)
         return serve_file(str(self.path), "application/octet-stream")
 
+    # tools.encode (on by default) would put the file in CherryPy's reader
+    # before any other code sees it: without it, the handler's file itself
+    # comes back.
     @cherrypy.expose
+    @cherrypy.config(**{"tools.encode.on": False})
     def opened(self) -> Any:
         f = open(self.path, "rb")  # noqa: SIM115  (CherryPy closes what a handler returns)
         self.files.append(f)
         return f
 
-    # tools.encode (on by default) would put the file in CherryPy's reader
-    # before any other code sees it: without it, the handler's file itself
-    # comes back.
-    opened._cp_config = {"tools.encode.on": False}  # type: ignore[attr-defined]
-
+    # As in CherryPy's test: tools.encode would count the bytes itself.
     @cherrypy.expose
+    @cherrypy.config(**{"tools.encode.on": False})
     def custom_cl(self) -> list[bytes]:
         # As CherryPy's test_conn.test_Content_Length_out_postheaders: the
         # handler declares fewer bytes than it sends, in chunks.
         cherrypy.serving.response.headers["Content-Length"] = "5"
         return [b"I too", b" have too many bytes"]
-
-    # As in CherryPy's test: tools.encode would count the bytes itself.
-    custom_cl._cp_config = {"tools.encode.on": False}  # type: ignore[attr-defined]
 
 
 @pytest.fixture
