@@ -407,6 +407,8 @@ class Pool(Generic[CT]):
         self._in_use = 0
         self._epoch = getattr(self, "_epoch", 0) + 1
         self._drained: Optional[threading.Event] = None
+        self._filling = 0  # slots reserved by fills (to min_size), not yet filled or freed
+        self._filled = threading.Condition(self._lock)  # notified when _filling drops to 0
         self._created = 0
         self._discarded = 0
         self._checkouts = 0
@@ -459,8 +461,10 @@ class Pool(Generic[CT]):
 
         With ``wait=False`` the connections are opened by a background thread
         (failures are logged). With ``wait=True`` they are opened before this
-        returns, and the first factory error is raised, after which the pool
-        is still open and usable.
+        returns, those a fill already running is opening included (waiting
+        for it at most the pool's ``timeout``, then raising
+        :class:`PoolTimeout`), and the first factory error is raised, after
+        which the pool is still open and usable.
         """
         with self._lock:
             reopened = self._closed
@@ -470,14 +474,31 @@ class Pool(Generic[CT]):
             logger.info("pool %r: reopened", self._name)
         if wait:
             self._fill(need, raise_errors=True)
+            self._await_fills()
+            with self._lock:
+                need = self._reserve_to_min()  # what a failed fill left unfilled
+            self._fill(need, raise_errors=True)
         else:
             self._fill_in_background(need)
+
+    def _await_fills(self) -> None:
+        """Wait (up to the pool's timeout) until no fill has a slot reserved."""
+        timeout = min(self._timeout, threading.TIMEOUT_MAX)
+        with self._lock:
+            done = self._filled.wait_for(lambda: not self._filling or self._closed, timeout)
+            filling = self._filling
+        if not done:
+            raise PoolTimeout(
+                f"pool {self._name!r}: open(wait=True): {filling} connection(s) still being "
+                f"opened by another fill after {timeout:g} s"
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool; calling it again does nothing.
 
         Later :meth:`get` calls, and callers waiting now, get
-        :class:`PoolClosed`. Idle connections are disposed of at once, and
+        :class:`PoolClosed`. A fill to ``min_size`` running in the background
+        ends at its current connect. Idle connections are disposed of at once, and
         checked-out ones when they come back; ``close`` waits up to ``timeout``
         seconds for them and logs a warning about any still out.
         """
@@ -1020,7 +1041,17 @@ class Pool(Generic[CT]):
         need = max(0, self._min_size - self._size) if not self._closed else 0
         self._size += need
         self._pending += need
+        self._filling += need
         return need
+
+    def _fill_gave_up(self, left: int) -> None:
+        """A fill will not open connections in its ``left`` remaining slots."""
+        for _ in range(left):
+            self._give_up_slot()
+        with self._lock:
+            self._filling -= left
+            if not self._filling:
+                self._filled.notify_all()
 
     def _fill_in_background(self, need: int) -> None:
         """Open connections in ``need`` reserved slots from a daemon thread."""
@@ -1035,11 +1066,15 @@ class Pool(Generic[CT]):
     def _fill(self, need: int, raise_errors: bool) -> None:
         """Open connections in ``need`` reserved slots and put them in the pool."""
         for done in range(need):
+            with self._lock:
+                closed = self._closed
+            if closed:
+                self._fill_gave_up(need - done)  # no connect starts after close()
+                return
             try:
                 rec = self._connect()
             except Exception as exc:
-                for _ in range(need - done):
-                    self._give_up_slot()
+                self._fill_gave_up(need - done)
                 if raise_errors:
                     raise
                 if isinstance(exc, PoolUnavailable):
@@ -1052,11 +1087,13 @@ class Pool(Generic[CT]):
                 )
                 return
             except BaseException:
-                for _ in range(need - done):
-                    self._give_up_slot()
+                self._fill_gave_up(need - done)
                 raise
             with self._lock:
                 self._pending -= 1
+                self._filling -= 1
+                if not self._filling:
+                    self._filled.notify_all()
                 # Closed, or shrunk by resize() while this one was opening.
                 if self._closed or self._size > self._max_size:
                     self._discarded += 1
