@@ -61,8 +61,10 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
     then on; constructing a pool never connects.
 
     - ``start`` (priority 70: after the Daemonizer forks at 65, before the
-      HTTP server serves at 75) opens every pool, filling it to
-      ``min_size``. A pool that cannot connect is logged with the reason and
+      HTTP server serves at 75) opens every pool, usable from then on; at
+      priority 78, after ``DropPrivileges`` (77), so that no connection is
+      opened as root, it fills each pool to ``min_size``. A pool that cannot
+      connect is logged with the reason and
       stays open: its requests get 503 until the database is back. Nothing
       raises from ``start`` for want of a database; a ``tools.poodle.*`` key
       in the mounted apps' config that names an unknown pool or option, or
@@ -171,15 +173,17 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
             )
         _plugins[self.bus] = self
         super().subscribe()
+        self.bus.subscribe("start", self._prefill, priority=78)  # see _prefill
 
     def unsubscribe(self) -> None:
         """Unsubscribe from the bus (the pools are left as they are)."""
         super().unsubscribe()
+        self.bus.unsubscribe("start", self._prefill)
         if _plugins.get(self.bus) is self:
             del _plugins[self.bus]
 
     def start(self) -> None:
-        """Open (pre-fill) every pool and start the maintenance thread."""
+        """Open every pool (without connecting) and start the maintenance thread."""
         problems = self._check_tool_config()
         if problems:
             for problem in problems:
@@ -187,8 +191,8 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
             # Raising from a start listener makes CherryPy log it and exit.
             raise ValueError("poodle: bad tool config: " + "; ".join(problems))
         self._running = True
-        for name, pool in list(self.pools.items()):
-            self._open(name, pool)
+        for pool in list(self.pools.values()):
+            pool.open(fill=False)
         if self.maintain_interval and self._monitor is None:
             self._monitor = Monitor(
                 self.bus, self.maintain, frequency=self.maintain_interval, name="poodle maintain"
@@ -198,6 +202,16 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
     # After the Daemonizer's fork (65), so no connection crosses it, and
     # before the HTTP server starts serving (75), so requests find pools open.
     start.priority = 70  # type: ignore[attr-defined]
+
+    def _prefill(self) -> None:
+        """Fill every pool to ``min_size`` (a ``start`` listener)."""
+        if self._running:
+            for name, pool in list(self.pools.items()):
+                self._open(name, pool)
+
+    # After DropPrivileges (77): a connection opened before it would
+    # authenticate as root (peer auth), the later ones as the dropped user.
+    _prefill.priority = 78  # type: ignore[attr-defined]
 
     def _check_tool_config(self) -> list[str]:
         """The tool config mistakes; log the doubts, and a bug of the check itself."""

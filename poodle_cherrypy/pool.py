@@ -456,8 +456,11 @@ class Pool(Generic[CT]):
             timeout = _check_seconds("timeout", timeout, allow_zero=True, optional=False)
         return Lease(self, timeout)
 
-    def open(self, wait: bool = False) -> None:
+    def open(self, wait: bool = False, *, fill: bool = True) -> None:
         """Open the pool and fill it to ``min_size``; reopen it if it was closed.
+
+        With ``fill=False`` it is only opened (usable: connections are opened
+        on demand), to be filled by a later ``open()`` or :meth:`maintain`.
 
         With ``wait=False`` the connections are opened by a background thread
         (failures are logged). With ``wait=True`` they are opened before this
@@ -469,9 +472,11 @@ class Pool(Generic[CT]):
         with self._lock:
             reopened = self._closed
             self._closed = False
-            need = self._reserve_to_min()
+            need = self._reserve_to_min() if fill else 0
         if reopened:
             logger.info("pool %r: reopened", self._name)
+        if not fill:
+            return
         if wait:
             self._fill(need, raise_errors=True)
             self._await_fills()

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 import cherrypy
 import pytest
 import webtest
-from cherrypy.process.plugins import Daemonizer
+from cherrypy.process.plugins import Daemonizer, DropPrivileges
 from cherrypy.process.servers import ServerAdapter
 
 from poodle_cherrypy import PoodlePlugin, Pool, get_pool
@@ -67,15 +67,18 @@ def mount(config: Any = None) -> webtest.TestApp:
 
 
 def test_start_and_stop_priorities_sit_between_cherrypys_own() -> None:
-    # Connect after the Daemonizer forks, before the HTTP server serves; close
-    # after the HTTP server has stopped.
+    # Open after the Daemonizer forks, before the HTTP server serves; fill
+    # after DropPrivileges; close after the HTTP server has stopped.
     assert Daemonizer.start.priority < PoodlePlugin.start.priority < ServerAdapter.start.priority
+    assert DropPrivileges.start.priority < PoodlePlugin._prefill.priority
     assert ServerAdapter.stop.priority < PoodlePlugin.stop.priority
 
 
-def test_start_fills_pools_before_the_http_server_serves(
+def test_start_opens_pools_before_the_http_server_serves_and_fills_them_after(
     cp_server: str, tmp_path: Path
 ) -> None:
+    # Open (usable) before the server serves (75); filled after
+    # DropPrivileges (77), so no connection is opened as root.
     server_running_at_connect: list[bool] = []
     factory = Connections(tmp_path / "a.db")
 
@@ -87,7 +90,7 @@ def test_start_fills_pools_before_the_http_server_serves(
     plugin.subscribe()
     assert plugin.pools["default"].stats().created == 0  # declaring never connects
     cherrypy.engine.start()
-    assert server_running_at_connect == [False, False]
+    assert server_running_at_connect == [True, True]
     assert cherrypy.server.running
     assert plugin.pools["default"].stats().idle == 2
 
