@@ -32,6 +32,7 @@ import cherrypy
 from cherrypy._cpwsgi import VirtualHost
 from cherrypy.process.plugins import Monitor, SimplePlugin
 
+from . import cplog
 from .config import build_pool, parse_namespace
 from .pool import Pool
 
@@ -184,6 +185,7 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
 
     def start(self) -> None:
         """Open every pool (without connecting) and start the maintenance thread."""
+        cplog.route(self)
         problems = self._check_tool_config()
         if problems:
             for problem in problems:
@@ -235,12 +237,14 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
             self._monitor.stop()
             self._monitor = None
         if not self._running:
+            cplog.unroute(self)
             return
         self._running = False
         deadline = time.monotonic() + self.close_timeout
         for name, pool in list(self.pools.items()):
             pool.close(timeout=max(0.0, deadline - time.monotonic()))
             self.bus.log(f"poodle: closed pool {name!r}")
+        cplog.unroute(self)
 
     # After the HTTP server (25) has stopped serving and its requests ended.
     stop.priority = 50  # type: ignore[attr-defined]

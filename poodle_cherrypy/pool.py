@@ -876,22 +876,30 @@ class Pool(Generic[CT]):
                 return  # KeyboardInterrupt and the like say nothing about the server
             self._failures += 1
             self._last_error = exc
-            over = self._failures - self._fail_fast_after
-            if not self._fail_fast_after or over < 0:
-                return
-            delay = min(self._max_retry_delay, self._retry_delay * 2.0 ** over)
-            # Jitter spreads the probes of many pools (and processes) apart.
-            delay *= random.uniform(0.75, 1.25)
-            self._retry_at = _monotonic() + delay
             failures = self._failures
-        logger.warning(
-            "pool %r: connecting failed %d times in a row (%r); failing fast, next attempt in "
-            "%.2f s",
-            self._name,
-            failures,
-            exc,
-            delay,
-        )
+            over = failures - self._fail_fast_after
+            delay: Optional[float] = None
+            if self._fail_fast_after and over >= 0:
+                delay = min(self._max_retry_delay, self._retry_delay * 2.0 ** over)
+                # Jitter spreads the probes of many pools (and processes) apart.
+                delay *= random.uniform(0.75, 1.25)
+                self._retry_at = _monotonic() + delay
+        # One line per state change; the outage's traceback once, at its start.
+        if failures == 1:
+            logger.warning("pool %r: connecting failed (%r)", self._name, exc, exc_info=exc)
+        if delay is None:
+            return
+        if over == 0:
+            logger.warning(
+                "pool %r: connecting failed %d times in a row (%r); circuit opened: failing "
+                "fast, next attempt in %.2f s",
+                self._name, failures, exc, delay,
+            )
+        else:
+            logger.warning(
+                "pool %r: a probe failed (%r); circuit still open, next attempt in %.2f s",
+                self._name, exc, delay,
+            )
 
     def _give_up_slot(self) -> None:
         """A reserved slot will not be used: pass it to a waiter, or free it."""
@@ -1084,7 +1092,8 @@ class Pool(Generic[CT]):
                     raise
                 if isinstance(exc, PoolUnavailable):
                     return  # the breaker logged the outage once already
-                logger.warning(
+                # _connect_failed logged the outage (its start, the circuit).
+                logger.debug(
                     "pool %r: could not open a connection to fill min_size=%d: %s",
                     self._name,
                     self._min_size,

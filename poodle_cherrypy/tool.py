@@ -292,12 +292,14 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         try:
             conn = lease.__enter__()
         except PoolError as exc:
-            cherrypy.log(f"pool {pool!r}: {exc}", "POODLE", severity=logging.WARNING)
+            # One line per request; the pool logs the outage itself, once.
+            cherrypy.log(f"{exc}; answered 503", "POODLE", severity=logging.INFO)
             raise ServiceUnavailable(retry_after) from None
-        except Exception:
+        except Exception as exc:
+            # The pool logged this failure's traceback, once per outage.
             cherrypy.log(
-                f"pool {pool!r}: opening a connection failed", "POODLE",
-                severity=logging.ERROR, traceback=True,
+                f"pool {pool!r}: opening a connection failed ({exc!r}); answered 503",
+                "POODLE", severity=logging.INFO,
             )
             raise ServiceUnavailable(retry_after) from None
         checkout = _Checkout(lease, conn, self._attribute, bool(transaction), handler)
