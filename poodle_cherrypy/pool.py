@@ -33,9 +33,9 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Callable, Generic, Optional, TypeVar, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 
 from .errors import PoolClosed, PoolTimeout, PoolUnavailable, TooManyWaiters
 from .stats import PoolStats
