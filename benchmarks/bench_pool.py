@@ -56,12 +56,12 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 # Run as a plain script from a checkout: import the poodle next to it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

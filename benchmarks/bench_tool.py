@@ -70,11 +70,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Optional
 
 # Run as a plain script from a checkout: import the poodle next to it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -24,13 +24,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import cherrypy
+from cherrypy._cpwsgi import VirtualHost
 from cherrypy.process.plugins import Monitor, SimplePlugin
 
+from . import cplog
 from .config import build_pool, parse_namespace
 from .pool import Pool
 
@@ -60,12 +62,17 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
     then on; constructing a pool never connects.
 
     - ``start`` (priority 70: after the Daemonizer forks at 65, before the
-      HTTP server serves at 75) opens every pool, filling it to
-      ``min_size``. A pool that cannot connect is logged with the reason and
+      HTTP server serves at 75) opens every pool, usable from then on; at
+      priority 78, after ``DropPrivileges`` (77), so that no connection is
+      opened as root, it fills each pool to ``min_size``. A pool that cannot
+      connect is logged with the reason and
       stays open: its requests get 503 until the database is back. Nothing
       raises from ``start`` for want of a database; a ``tools.poodle.*`` key
       in the mounted apps' config that names an unknown pool or option, or
-      has a bad value, does raise, which makes CherryPy log it and exit.
+      has a bad value, does raise, which makes CherryPy log it and exit
+      (the tree's ``cherrypy.Application`` objects are checked, those behind
+      a grafted ``VirtualHost`` included; the check's own failure is logged
+      and stops nothing).
     - every ``maintain_interval`` seconds (10.0; 0 turns it off) each pool's
       ``maintain()`` runs on a CherryPy ``Monitor`` thread; an error there is
       logged and the next run goes ahead.
@@ -167,24 +174,27 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
             )
         _plugins[self.bus] = self
         super().subscribe()
+        self.bus.subscribe("start", self._prefill, priority=78)  # see _prefill
 
     def unsubscribe(self) -> None:
         """Unsubscribe from the bus (the pools are left as they are)."""
         super().unsubscribe()
+        self.bus.unsubscribe("start", self._prefill)
         if _plugins.get(self.bus) is self:
             del _plugins[self.bus]
 
     def start(self) -> None:
-        """Open (pre-fill) every pool and start the maintenance thread."""
-        problems = _tool_config_problems(self.pools)
+        """Open every pool (without connecting) and start the maintenance thread."""
+        cplog.route(self)
+        problems = self._check_tool_config()
         if problems:
             for problem in problems:
                 self.bus.log(f"poodle: {problem}", level=logging.ERROR)
             # Raising from a start listener makes CherryPy log it and exit.
             raise ValueError("poodle: bad tool config: " + "; ".join(problems))
         self._running = True
-        for name, pool in list(self.pools.items()):
-            self._open(name, pool)
+        for pool in list(self.pools.values()):
+            pool.open(fill=False)
         if self.maintain_interval and self._monitor is None:
             self._monitor = Monitor(
                 self.bus, self.maintain, frequency=self.maintain_interval, name="poodle maintain"
@@ -195,18 +205,46 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
     # before the HTTP server starts serving (75), so requests find pools open.
     start.priority = 70  # type: ignore[attr-defined]
 
+    def _prefill(self) -> None:
+        """Fill every pool to ``min_size`` (a ``start`` listener)."""
+        if self._running:
+            for name, pool in list(self.pools.items()):
+                self._open(name, pool)
+
+    # After DropPrivileges (77): a connection opened before it would
+    # authenticate as root (peer auth), the later ones as the dropped user.
+    _prefill.priority = 78  # type: ignore[attr-defined]
+
+    def _check_tool_config(self) -> list[str]:
+        """The tool config mistakes; log the doubts, and a bug of the check itself."""
+        warnings: list[str] = []
+        try:
+            problems = _tool_config_problems(self.pools, warnings)
+        except Exception:
+            # Only a config mistake may stop the engine, never the check's own bug.
+            self.bus.log(
+                "poodle: checking the tools config failed; starting without the check",
+                level=logging.ERROR, traceback=True,
+            )
+            return []
+        for warning in warnings:
+            self.bus.log(f"poodle: {warning}", level=logging.WARNING)
+        return problems
+
     def stop(self) -> None:
         """Stop maintenance, then close every pool (idempotent)."""
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
         if not self._running:
+            cplog.unroute(self)
             return
         self._running = False
         deadline = time.monotonic() + self.close_timeout
         for name, pool in list(self.pools.items()):
             pool.close(timeout=max(0.0, deadline - time.monotonic()))
             self.bus.log(f"poodle: closed pool {name!r}")
+        cplog.unroute(self)
 
     # After the HTTP server (25) has stopped serving and its requests ended.
     stop.priority = 50  # type: ignore[attr-defined]
@@ -305,31 +343,66 @@ class ConfigNamespace:
 # -- checking the request tool's config at start -----------------------------
 
 
-def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
-    """What is wrong with the ``tools.<poodle tool>.*`` keys of the mounted apps.
+def _applications(entries: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The ``cherrypy.Application`` objects of the tree, with where each is.
 
-    Checks app config (files and dicts given to ``tree.mount``) and global
-    config. A pool named in the ``_cp_config`` of a controller on a section's
-    path counts for that section; other ``_cp_config`` is only seen when a
-    request uses it.
+    ``tree.graft`` puts any WSGI callable in the tree: only Applications have
+    config, and a ``VirtualHost`` is looked into for those it dispatches to.
     """
-    tools = {
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+
+    def visit(where: str, entry: Any) -> None:
+        if id(entry) in seen:
+            return
+        seen.add(id(entry))
+        if isinstance(entry, cherrypy.Application):
+            found.append((where, entry))
+        elif isinstance(entry, VirtualHost):
+            visit(f"{where} (default host)", entry.default)
+            for domain, app in dict(entry.domains).items():
+                visit(f"{where} (host {domain!r})", app)
+
+    for script_name, entry in entries.items():
+        visit(script_name or "/", entry)
+    return found
+
+
+def _poodle_tools() -> dict[str, Any]:
+    return {
         name: tool
         for name, tool in vars(cherrypy.tools).items()
         if callable(getattr(tool, "option_problem", None))
     }
+
+
+def _tool_config_problems(
+    pools: Mapping[str, Pool[Any]], warnings: Optional[list[str]] = None
+) -> list[str]:
+    """What is wrong with the ``tools.<poodle tool>.*`` keys of the mounted apps.
+
+    Checks the global config and the config of every ``cherrypy.Application``
+    in the tree (those behind a ``VirtualHost`` included; other grafted WSGI
+    callables have none). A key is resolved along a section's path as a
+    request sees it: ``Application.find_config``, then the global config.
+
+    Returns the config mistakes (a bad value, an unknown option or pool). A
+    tool switched on where no config names a pool, while pool ``default`` is
+    not declared, is appended to ``warnings`` instead: a controller's
+    ``_cp_config``, which only a request's dispatch sees, may name one.
+    """
+    tools = _poodle_tools()
     if not tools:
         return []
-    problems = []
-    # (app, where, section, config); the global config (app None) is everybody's parent.
-    sections: list[tuple[Any, str, str, Mapping[str, Any]]] = [
-        (None, "global", "", cherrypy.config)
-    ]
-    for script_name, app in cherrypy.tree.apps.items():
+    problems: list[str] = []
+    apps = _applications(cherrypy.tree.apps)
+    # (where, section, config) of every section that can hold tool keys.
+    sections: list[tuple[str, Mapping[str, Any]]] = [("global", cherrypy.config)]
+    for where, app in apps:
         for section, conf in app.config.items():
             if isinstance(conf, Mapping) and section.startswith("/"):
-                sections.append((app, f"{script_name or '/'} [{section}]", section, conf))
-    for app, where, section, conf in sections:
+                sections.append((f"{where} [{section}]", conf))
+    for where, conf in sections:
         for key, value in conf.items():
             namespace, _, rest = key.partition(".")
             tool_name, _, option = rest.partition(".")
@@ -342,58 +415,26 @@ def _tool_config_problems(pools: Mapping[str, Pool[Any]]) -> list[str]:
                 problems.append(
                     f"{where} {key} = {value!r}: no such pool; the pools are {sorted(pools)}"
                 )
-            elif (
-                option == "on"
-                and value
-                and "default" not in pools
-                and _pool_unset(sections, app, section, f"tools.{tool_name}.pool")
-            ):
-                problems.append(
-                    f"{where} {key}: uses pool 'default', which is not declared; the pools "
-                    f"are {sorted(pools)} (set tools.{tool_name}.pool)"
+    if warnings is None or "default" in pools:
+        return problems
+    for tool_name in tools:
+        on_key, pool_key = f"tools.{tool_name}.on", f"tools.{tool_name}.pool"
+        for where, app in apps:
+            for section in sorted({"/", *(s for s in app.config if s.startswith("/"))}):
+                # Looked at where it is switched on: in the section, or globally.
+                if on_key in app.config.get(section, {}):
+                    at = f"{where} [{section}]"
+                elif section == "/" and on_key in cherrypy.config:
+                    at = "global"
+                else:
+                    continue
+                on = app.find_config(section, on_key, cherrypy.config.get(on_key, False))
+                pool = app.find_config(section, pool_key, cherrypy.config.get(pool_key))
+                warning = (
+                    f"{at} {on_key}: uses pool 'default', which is not declared; the pools "
+                    f"are {sorted(pools)} (set {pool_key}), unless a controller's "
+                    f"_cp_config names one"
                 )
+                if on is True and pool is None and warning not in warnings:
+                    warnings.append(warning)
     return problems
-
-
-def _pool_unset(
-    sections: list[tuple[Any, str, str, Mapping[str, Any]]], app: Any, section: str, key: str
-) -> bool:
-    """Whether the tool switched on at ``section`` of ``app`` has no pool set; switched on
-    in global config (``app`` None), whether some mounted app has none set at its root."""
-    if app is None:
-        return any(
-            not _set_above(sections, each, "/", key) for each in cherrypy.tree.apps.values()
-        )
-    return not _set_above(sections, app, section, key)
-
-
-def _set_above(
-    sections: list[tuple[Any, str, str, Mapping[str, Any]]], app: Any, section: str, key: str
-) -> bool:
-    """Whether app section ``section``, one of its ancestors, the ``_cp_config`` of a
-    controller on its path or the global config sets ``key``."""
-    for other_app, _, other, conf in sections:
-        if key in conf and (
-            other_app is None
-            or (
-                other_app is app
-                and (section == other or section.startswith(other.rstrip("/") + "/"))
-            )
-        ):
-            return True
-    return any(key in conf for conf in _controller_configs(app, section))
-
-
-def _controller_configs(app: Any, section: str) -> list[Mapping[str, Any]]:
-    """The ``_cp_config`` of each controller from ``app.root`` down to ``section``."""
-    configs = []
-    node = getattr(app, "root", None)
-    for name in ["", *(part for part in section.split("/") if part)]:
-        if name:
-            node = getattr(node, name, None)
-        if node is None:
-            break
-        conf = getattr(node, "_cp_config", None)
-        if isinstance(conf, Mapping):
-            configs.append(conf)
-    return configs

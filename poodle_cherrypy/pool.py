@@ -33,9 +33,9 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Callable, Generic, Optional, TypeVar, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 
 from .errors import PoolClosed, PoolTimeout, PoolUnavailable, TooManyWaiters
 from .stats import PoolStats
@@ -407,6 +407,8 @@ class Pool(Generic[CT]):
         self._in_use = 0
         self._epoch = getattr(self, "_epoch", 0) + 1
         self._drained: Optional[threading.Event] = None
+        self._filling = 0  # slots reserved by fills (to min_size), not yet filled or freed
+        self._filled = threading.Condition(self._lock)  # notified when _filling drops to 0
         self._created = 0
         self._discarded = 0
         self._checkouts = 0
@@ -454,30 +456,54 @@ class Pool(Generic[CT]):
             timeout = _check_seconds("timeout", timeout, allow_zero=True, optional=False)
         return Lease(self, timeout)
 
-    def open(self, wait: bool = False) -> None:
+    def open(self, wait: bool = False, *, fill: bool = True) -> None:
         """Open the pool and fill it to ``min_size``; reopen it if it was closed.
+
+        With ``fill=False`` it is only opened (usable: connections are opened
+        on demand), to be filled by a later ``open()`` or :meth:`maintain`.
 
         With ``wait=False`` the connections are opened by a background thread
         (failures are logged). With ``wait=True`` they are opened before this
-        returns, and the first factory error is raised, after which the pool
-        is still open and usable.
+        returns, those a fill already running is opening included (waiting
+        for it at most the pool's ``timeout``, then raising
+        :class:`PoolTimeout`), and the first factory error is raised, after
+        which the pool is still open and usable.
         """
         with self._lock:
             reopened = self._closed
             self._closed = False
-            need = self._reserve_to_min()
+            need = self._reserve_to_min() if fill else 0
         if reopened:
             logger.info("pool %r: reopened", self._name)
+        if not fill:
+            return
         if wait:
+            self._fill(need, raise_errors=True)
+            self._await_fills()
+            with self._lock:
+                need = self._reserve_to_min()  # what a failed fill left unfilled
             self._fill(need, raise_errors=True)
         else:
             self._fill_in_background(need)
+
+    def _await_fills(self) -> None:
+        """Wait (up to the pool's timeout) until no fill has a slot reserved."""
+        timeout = min(self._timeout, threading.TIMEOUT_MAX)
+        with self._lock:
+            done = self._filled.wait_for(lambda: not self._filling or self._closed, timeout)
+            filling = self._filling
+        if not done:
+            raise PoolTimeout(
+                f"pool {self._name!r}: open(wait=True): {filling} connection(s) still being "
+                f"opened by another fill after {timeout:g} s"
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool; calling it again does nothing.
 
         Later :meth:`get` calls, and callers waiting now, get
-        :class:`PoolClosed`. Idle connections are disposed of at once, and
+        :class:`PoolClosed`. A fill to ``min_size`` running in the background
+        ends at its current connect. Idle connections are disposed of at once, and
         checked-out ones when they come back; ``close`` waits up to ``timeout``
         seconds for them and logs a warning about any still out.
         """
@@ -850,22 +876,30 @@ class Pool(Generic[CT]):
                 return  # KeyboardInterrupt and the like say nothing about the server
             self._failures += 1
             self._last_error = exc
-            over = self._failures - self._fail_fast_after
-            if not self._fail_fast_after or over < 0:
-                return
-            delay = min(self._max_retry_delay, self._retry_delay * 2.0 ** over)
-            # Jitter spreads the probes of many pools (and processes) apart.
-            delay *= random.uniform(0.75, 1.25)
-            self._retry_at = _monotonic() + delay
             failures = self._failures
-        logger.warning(
-            "pool %r: connecting failed %d times in a row (%r); failing fast, next attempt in "
-            "%.2f s",
-            self._name,
-            failures,
-            exc,
-            delay,
-        )
+            over = failures - self._fail_fast_after
+            delay: Optional[float] = None
+            if self._fail_fast_after and over >= 0:
+                delay = min(self._max_retry_delay, self._retry_delay * 2.0 ** over)
+                # Jitter spreads the probes of many pools (and processes) apart.
+                delay *= random.uniform(0.75, 1.25)
+                self._retry_at = _monotonic() + delay
+        # One line per state change; the outage's traceback once, at its start.
+        if failures == 1:
+            logger.warning("pool %r: connecting failed (%r)", self._name, exc, exc_info=exc)
+        if delay is None:
+            return
+        if over == 0:
+            logger.warning(
+                "pool %r: connecting failed %d times in a row (%r); circuit opened: failing "
+                "fast, next attempt in %.2f s",
+                self._name, failures, exc, delay,
+            )
+        else:
+            logger.warning(
+                "pool %r: a probe failed (%r); circuit still open, next attempt in %.2f s",
+                self._name, exc, delay,
+            )
 
     def _give_up_slot(self) -> None:
         """A reserved slot will not be used: pass it to a waiter, or free it."""
@@ -1020,7 +1054,17 @@ class Pool(Generic[CT]):
         need = max(0, self._min_size - self._size) if not self._closed else 0
         self._size += need
         self._pending += need
+        self._filling += need
         return need
+
+    def _fill_gave_up(self, left: int) -> None:
+        """A fill will not open connections in its ``left`` remaining slots."""
+        for _ in range(left):
+            self._give_up_slot()
+        with self._lock:
+            self._filling -= left
+            if not self._filling:
+                self._filled.notify_all()
 
     def _fill_in_background(self, need: int) -> None:
         """Open connections in ``need`` reserved slots from a daemon thread."""
@@ -1035,16 +1079,21 @@ class Pool(Generic[CT]):
     def _fill(self, need: int, raise_errors: bool) -> None:
         """Open connections in ``need`` reserved slots and put them in the pool."""
         for done in range(need):
+            with self._lock:
+                closed = self._closed
+            if closed:
+                self._fill_gave_up(need - done)  # no connect starts after close()
+                return
             try:
                 rec = self._connect()
             except Exception as exc:
-                for _ in range(need - done):
-                    self._give_up_slot()
+                self._fill_gave_up(need - done)
                 if raise_errors:
                     raise
                 if isinstance(exc, PoolUnavailable):
                     return  # the breaker logged the outage once already
-                logger.warning(
+                # _connect_failed logged the outage (its start, the circuit).
+                logger.debug(
                     "pool %r: could not open a connection to fill min_size=%d: %s",
                     self._name,
                     self._min_size,
@@ -1052,11 +1101,13 @@ class Pool(Generic[CT]):
                 )
                 return
             except BaseException:
-                for _ in range(need - done):
-                    self._give_up_slot()
+                self._fill_gave_up(need - done)
                 raise
             with self._lock:
                 self._pending -= 1
+                self._filling -= 1
+                if not self._filling:
+                    self._filled.notify_all()
                 # Closed, or shrunk by resize() while this one was opening.
                 if self._closed or self._size > self._max_size:
                     self._discarded += 1

@@ -10,7 +10,7 @@ from collections.abc import Generator, Iterator
 from typing import Any, Optional
 
 import cherrypy
-from cherrypy.lib import httputil
+from cherrypy.lib import file_generator, httputil
 
 from .errors import PoolError
 from .plugin import _plugins, get_pool
@@ -40,6 +40,20 @@ class ServiceUnavailable(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy 
 _READY_BODIES = frozenset({bytes, str, list, tuple, type(None)})
 
 
+def _is_lazy(body: object) -> bool:
+    """Whether ``body`` is an iterator whose code (a generator's) has yet to run.
+
+    A file, or CherryPy's reader of one, is not: CherryPy sends it in chunks
+    and closes it, and the tool must leave it so.
+    """
+    return (
+        type(body) not in _READY_BODIES
+        and isinstance(body, Iterator)
+        and not hasattr(body, "read")
+        and not isinstance(body, file_generator)
+    )
+
+
 class _Checkout:
     """One request's checkout, and the page handler wrapped to watch it.
 
@@ -50,7 +64,7 @@ class _Checkout:
 
     __slots__ = (
         "attribute", "body", "conn", "cut_short", "decided", "error", "handler", "lease",
-        "transaction",
+        "ran", "transaction",
     )
 
     def __init__(
@@ -65,6 +79,7 @@ class _Checkout:
         self.body: Optional[Generator[Any, None, None]] = None  # the watched lazy body, if any
         self.decided = False  # committed or rolled back already
         self.cut_short = False  # the lazy body was closed before its end (the client left)
+        self.ran = False  # the lazy body has run to its end (or failed)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -72,7 +87,7 @@ class _Checkout:
         except BaseException as exc:
             self.error = exc
             raise
-        if type(body) not in _READY_BODIES and isinstance(body, Iterator):
+        if _is_lazy(body):
             # A generator's code runs later (when the body is collapsed or
             # streamed), still on this request's connection.
             body = self.body = self._watched(body)
@@ -85,12 +100,14 @@ class _Checkout:
     def _watched(self, body: Iterator[Any]) -> Generator[Any, None, None]:
         try:
             yield from body  # close() reaches the handler's generator too
+            self.ran = True
         except GeneratorExit:
             # Closed part-way: the client went away. Nothing wrong with the
             # connection, but the work is unfinished: no commit.
             self.cut_short = True
             raise
         except BaseException as exc:
+            self.ran = True
             self.error = exc
             raise
 
@@ -99,7 +116,11 @@ class _Checkout:
         response = cherrypy.serving.response
         if response.stream:
             return  # the body still runs on the connection: decide at the end
-        response.collapse_body()  # a lazy (generator) body runs now, inside the transaction
+        if self.body is not None and not self.ran:
+            # A lazy body (a generator the handler returned, perhaps under
+            # gzip's) runs now, inside the transaction. Any other body (a
+            # file, a list) goes out as CherryPy sends it.
+            response.collapse_body()
         self.end_transaction()
 
     def end_transaction(self) -> None:
@@ -159,8 +180,10 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
     (failsafe: it runs whatever else failed) it gives the connection back,
     passing the request's exception, if there was one, to the pool (which
     discards a broken connection). A streamed body keeps the connection until
-    it is fully sent or the client goes away; a lazy body is closed before the
-    connection goes back.
+    it is fully sent or the client goes away; a lazy body (a generator) is
+    closed before the connection goes back. A file (``serve_file``, a file the
+    handler returns) or a ready body (bytes, a list) is left to CherryPy: it
+    goes out in CherryPy's chunks, and a file is closed as CherryPy closes it.
 
     Config keys:
 
@@ -171,8 +194,9 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
     - ``tools.poodle.transaction`` (False): for DB-API connections, commit
       when the response status is below 400 and the handler raised nothing
       but a redirect, roll back otherwise. The commit happens before the
-      response is sent (so a client that got 2xx can read its own write), or
-      after a streamed body, which rolls back if the client goes away before
+      response is sent (so a client that got 2xx can read its own write; a
+      generator body runs first, inside the transaction), or after a
+      streamed body, which rolls back if the client goes away before
       its end; a failing commit turns the response into a 500.
     - ``tools.poodle.retry_after`` (5): the ``Retry-After`` seconds of the 503
       sent when no connection can be had (pool exhausted, closed, or the
@@ -268,12 +292,14 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         try:
             conn = lease.__enter__()
         except PoolError as exc:
-            cherrypy.log(f"pool {pool!r}: {exc}", "POODLE", severity=logging.WARNING)
+            # One line per request; the pool logs the outage itself, once.
+            cherrypy.log(f"{exc}; answered 503", "POODLE", severity=logging.INFO)
             raise ServiceUnavailable(retry_after) from None
-        except Exception:
+        except Exception as exc:
+            # The pool logged this failure's traceback, once per outage.
             cherrypy.log(
-                f"pool {pool!r}: opening a connection failed", "POODLE",
-                severity=logging.ERROR, traceback=True,
+                f"pool {pool!r}: opening a connection failed ({exc!r}); answered 503",
+                "POODLE", severity=logging.INFO,
             )
             raise ServiceUnavailable(retry_after) from None
         checkout = _Checkout(lease, conn, self._attribute, bool(transaction), handler)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import html
 import http
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar, cast
+from typing import Any, Optional, TypeVar, cast
 
 import cherrypy
 

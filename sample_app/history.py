@@ -82,6 +82,6 @@ class PoolHistory(Monitor):  # type: ignore[misc]  # cherrypy is untyped
                     name, {key: [] for key in ("t", *GAUGES, "max_size")}
                 )
                 pool["t"].append(round(t, 3))
-                for key, value in zip((*GAUGES, "max_size"), values):
+                for key, value in zip((*GAUGES, "max_size"), values, strict=True):
                     pool[key].append(value)
         return {"interval": self.interval, "seconds": self.seconds, "pools": columns}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from tcpproxy import TCPProxy

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from conftest import wait_until

@@ -9,13 +9,14 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import cherrypy
 import pytest
 import webtest
-from cherrypy.process.plugins import Daemonizer
+from cherrypy.process.plugins import Daemonizer, DropPrivileges
 from cherrypy.process.servers import ServerAdapter
 
 from poodle_cherrypy import PoodlePlugin, Pool, get_pool
@@ -67,15 +68,18 @@ def mount(config: Any = None) -> webtest.TestApp:
 
 
 def test_start_and_stop_priorities_sit_between_cherrypys_own() -> None:
-    # Connect after the Daemonizer forks, before the HTTP server serves; close
-    # after the HTTP server has stopped.
+    # Open after the Daemonizer forks, before the HTTP server serves; fill
+    # after DropPrivileges; close after the HTTP server has stopped.
     assert Daemonizer.start.priority < PoodlePlugin.start.priority < ServerAdapter.start.priority
+    assert DropPrivileges.start.priority < PoodlePlugin._prefill.priority
     assert ServerAdapter.stop.priority < PoodlePlugin.stop.priority
 
 
-def test_start_fills_pools_before_the_http_server_serves(
+def test_start_opens_pools_before_the_http_server_serves_and_fills_them_after(
     cp_server: str, tmp_path: Path
 ) -> None:
+    # Open (usable) before the server serves (75); filled after
+    # DropPrivileges (77), so no connection is opened as root.
     server_running_at_connect: list[bool] = []
     factory = Connections(tmp_path / "a.db")
 
@@ -87,7 +91,7 @@ def test_start_fills_pools_before_the_http_server_serves(
     plugin.subscribe()
     assert plugin.pools["default"].stats().created == 0  # declaring never connects
     cherrypy.engine.start()
-    assert server_running_at_connect == [False, False]
+    assert server_running_at_connect == [True, True]
     assert cherrypy.server.running
     assert plugin.pools["default"].stats().idle == 2
 
@@ -480,15 +484,19 @@ def test_tool_on_without_a_default_pool_is_caught_at_start(cp_engine: Any) -> No
 
     cherrypy.tree.mount(Root(), "/", {"/": {"tools.poodle.on": True},
                                       "/named": {"tools.poodle.pool": "main"}})
-    problems = _tool_config_problems({"main": Pool(object)})
-    assert problems == [
+    # A controller's _cp_config (which only a request's dispatch sees) may
+    # name the pool: a warning at start, not a reason to stop.
+    warnings: list[str] = []
+    assert _tool_config_problems({"main": Pool(object)}, warnings) == []
+    assert warnings == [
         "/ [/] tools.poodle.on: uses pool 'default', which is not declared; the pools are "
-        "['main'] (set tools.poodle.pool)"
+        "['main'] (set tools.poodle.pool), unless a controller's _cp_config names one"
     ]
     cherrypy.tree.apps.clear()
     cherrypy.tree.mount(Root(), "/", {"/": {"tools.poodle.on": True, "tools.poodle.pool": "main"},
                                       "/sub": {"tools.poodle.on": True}})
-    assert _tool_config_problems({"main": Pool(object)}) == []
+    assert _tool_config_problems({"main": Pool(object)}, warnings := []) == []
+    assert warnings == []
 
 
 class NamesMain(Root):
@@ -526,11 +534,13 @@ def test_tool_on_check_sees_the_pool_named_globally_or_by_a_controller(cp_engine
     assert pools["main"].stats().checkouts == 4
     assert _tool_config_problems(pools) == []
 
-    # An app that names no pool under the global switch is still caught.
+    # An app that names no pool under the global switch is still warned about.
     cherrypy.tree.mount(Root(), "/d")
-    assert _tool_config_problems(pools) == [
+    warnings: list[str] = []
+    assert _tool_config_problems(pools, warnings) == []
+    assert warnings == [
         "global tools.poodle.on: uses pool 'default', which is not declared; the pools are "
-        "['main'] (set tools.poodle.pool)"
+        "['main'] (set tools.poodle.pool), unless a controller's _cp_config names one"
     ]
 
 

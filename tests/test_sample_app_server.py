@@ -8,8 +8,8 @@ import http.client
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import cherrypy

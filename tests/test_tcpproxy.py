@@ -6,8 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from tcpproxy import TCPProxy
@@ -29,7 +28,7 @@ def echo_port() -> Iterator[int]:
             while not stop.is_set():
                 try:
                     data = conn.recv(4096)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     return
@@ -41,7 +40,7 @@ def echo_port() -> Iterator[int]:
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             thread = threading.Thread(target=echo, args=(conn,), daemon=True)
             threads.append(thread)
