@@ -689,6 +689,23 @@ class Pool(Generic[CT]):
         for waiter in wake:
             waiter.lock.release()
 
+    def is_broken(self, conn: CT, exc: Optional[BaseException]) -> bool:
+        """Whether the pool's ``broken`` rule judges ``conn`` lost after ``exc``.
+
+        This is what the pool decides when the connection comes back with that
+        exception; a rule that raises counts as True (and is logged).
+        """
+        try:
+            if self._broken is not None:
+                return bool(self._broken(conn, exc))
+            return is_broken(conn, exc)
+        except Exception:
+            logger.warning(
+                "pool %r: the broken rule raised; discarding %r", self._name, conn,
+                exc_info=True,
+            )
+            return True
+
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's gauges and counters."""
         with self._lock:
@@ -1150,16 +1167,7 @@ class Pool(Generic[CT]):
     # -- return --------------------------------------------------------------
 
     def _is_broken(self, rec: _Conn, exc: Optional[BaseException]) -> bool:
-        try:
-            if self._broken is not None:
-                return bool(self._broken(rec.conn, exc))
-            return is_broken(rec.conn, exc)
-        except Exception:
-            logger.warning(
-                "pool %r: the broken rule raised; discarding %r", self._name, rec.conn,
-                exc_info=True,
-            )
-            return True
+        return self.is_broken(rec.conn, exc)
 
     def _release(self, rec: _Conn, doomed: bool) -> None:
         """Give back a connection lent by :meth:`_acquire`."""
