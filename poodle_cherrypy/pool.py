@@ -991,35 +991,35 @@ class Pool(Generic[CT]):
 
     def _probe_loop(self) -> None:
         """The probe thread: while the circuit is open, try the factory every
-        ``probe_interval`` seconds (jittered); put the first connection made in
-        the pool, which closes the circuit. Ends when the pool closes."""
+        ``probe_interval`` seconds (jittered); put the connection made in the
+        pool, which closes the circuit. Ends when the circuit is closed (checked
+        under the lock, so a circuit that opens again keeps its thread) or the
+        pool is."""
         assert self._probe_interval is not None
         try:
             while True:
                 with self._lock:
                     retry_at = self._retry_at
                     if self._closed or retry_at is None:
+                        self._prober = False
                         return
                     delay = retry_at - _monotonic()
+                    if delay <= 0:
+                        self._probing = True
                 if delay > 0:
                     time.sleep(min(delay, self._probe_interval * 1.25))
                     continue
-                with self._lock:
-                    self._probing = True
                 try:
                     conn = self._call_factory()
                 except Exception as exc:
                     self._connect_failed(exc, probe=True)
                     continue
-                except BaseException:
-                    with self._lock:
-                        self._probing = False
-                    raise
                 self._adopt(self._connected(conn))
-                return
-        finally:
+        except BaseException:
             with self._lock:
                 self._prober = False
+                self._probing = False
+            raise
 
     def _adopt(self, rec: _Conn) -> None:
         """A connection opened outside any slot (a probe's): keep it if one is free."""
