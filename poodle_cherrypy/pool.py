@@ -760,12 +760,13 @@ class Pool(Generic[CT]):
         """Check a connection out for the calling thread (lent and counted)."""
         vet = False
         waiter = None
+        now = _monotonic() if self._vet else 0.0
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self._name!r} is closed")
             if self._idle:
                 rec: Union[_Conn, _Sentinel, None] = self._idle.pop()
-                if self._vet:
+                if self._vet and self._needs_vetting(rec, now):  # type: ignore[arg-type]
                     vet = True
                     self._pending += 1
                 else:
@@ -786,7 +787,7 @@ class Pool(Generic[CT]):
         if rec is _CREATE:
             rec = self._open_lent()
         elif vet:
-            rec = self._vetted(rec)  # type: ignore[arg-type]
+            rec = self._vetted(rec, now)  # type: ignore[arg-type]
         if self._leak_timeout is not None:
             self._track(rec)  # type: ignore[arg-type]
         return rec  # type: ignore[return-value]
@@ -1063,18 +1064,25 @@ class Pool(Generic[CT]):
             raise
         return None
 
-    def _vetted(self, rec: _Conn) -> _Conn:
-        """An idle connection, taken out with a pending slot: check it, lend it."""
+    def _needs_vetting(self, rec: _Conn, now: float) -> bool:
+        """Under the lock: whether an idle connection is past max_lifetime or due
+        a check: idle for ``check_after`` or more, or suspect (opened before a
+        connection was found broken), however recently it was used."""
+        return (
+            self._max_lifetime is not None and now - rec.created >= self._max_lifetime
+        ) or (
+            self._check is not None
+            and (rec.epoch != self._epoch or now - rec.last_used >= self._check_after)
+        )
+
+    def _vetted(self, rec: _Conn, now: float) -> _Conn:
+        """An idle connection due vetting, taken out with a pending slot: check
+        it, lend it (or dispose of it and open another in its slot)."""
         reason = None
-        now = _monotonic()
         checked = False
         if self._max_lifetime is not None and now - rec.created >= self._max_lifetime:
             reason = "max_lifetime reached"
-        elif self._check is not None and (
-            # A suspect (opened before a connection was found broken) is
-            # checked however recently it was used.
-            rec.epoch != self._epoch or now - rec.last_used >= self._check_after
-        ):
+        elif self._check is not None:
             reason = self._run_check(rec)
             checked = True
         if reason is None:

@@ -207,6 +207,9 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
       sent when no connection can be had (pool exhausted, closed, or the
       factory failing), or when the connection is lost before the request
       wrote anything; the cause is logged, never sent.
+    - ``tools.poodle.priority`` (95): of the ``before_handler`` hook; the
+      default comes after ``trailing_slash`` redirects (60) and cache hits
+      (90), which then check nothing out.
 
     A connection lost during the request (the handler raised an error the
     pool's ``broken`` rule judges fatal) answers 503 with ``Retry-After``
@@ -215,9 +218,6 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
     not move since checkout: nothing was changed, a retry is safe. Otherwise
     (a write was sent, the commit failed, or the connection does not count)
     the outcome is unknown and the answer is 500.
-    - ``tools.poodle.priority`` (95): of the ``before_handler`` hook; the
-      default comes after ``trailing_slash`` redirects (60) and cache hits
-      (90), which then check nothing out.
 
     Helper code that calls ``pool.get()`` during the request gets the same
     connection (the pool is reentrant per thread). A second tool,
