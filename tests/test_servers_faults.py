@@ -215,9 +215,10 @@ def test_outage_fails_fast_then_recovers_by_itself(
     # now and then, failed at once without touching the network.
     assert outcomes["unavailable"] >= 10, outcomes
     assert slowest_unavailable < 1.0  # the pool's timeout is 10 s
-    assert stats.circuit == "open"
+    assert stats.circuit in ("open", "half-open")  # half-open: its probe thread connecting
     assert stats.unavailable == outcomes["unavailable"]
-    assert stats.errors == outcomes["connect failed"]
+    # The pool's probe thread's failed connects count too.
+    assert stats.errors >= outcomes["connect failed"] == 2
     assert (stats.size, stats.discarded) == (0, 1), stats
     assert_nothing_out(pool)
 
