@@ -8,7 +8,8 @@ redis-server or a MariaDB of its own, on a free port, in a temporary directory.
   and ``-m immediate`` under load, and a restart under an idle pool followed
   by one request at a time.
 - Redis and MariaDB, the pool itself with the drivers' recipes and 16
-  writing threads: a restart under load (SIGTERM) and under an idle pool.
+  writing threads: a restart under load (SIGTERM, then SIGKILL) and under an
+  idle pool.
 
 Targets (issue 13): after an idle restart, no failure before the first
 success; under load, no 500 except for requests already in flight when the
@@ -380,6 +381,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         made.server.remove()
 
 
+#: What stop(mode) does to Redis and MariaDB.
+SIGNALS = {"fast": "SIGTERM", "immediate": "SIGKILL"}
+
+
 def make_pool(backend: Backend) -> Pool[Any]:
     return Pool(
         backend.factory, name=f"{backend.name}-restart", max_size=POOL_SIZE, timeout=10,
@@ -409,12 +414,15 @@ def operation(pool: Pool[Any], backend: Backend, key: str) -> Outcome:
     return Outcome(start, time.monotonic(), 200, key)
 
 
-def test_restart_under_load(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_restart_under_load(
+    backend: Backend, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     pool = make_pool(backend)
     try:
         outcomes, _, down, ready = run_load(
-            lambda i, n: operation(pool, backend, f"k{backend.name}-{i}-{n}-load"),
-            restarter(backend.server, "fast"),
+            lambda i, n: operation(pool, backend, f"k{backend.name}-{mode}-{i}-{n}"),
+            restarter(backend.server, mode),
         )
     finally:
         pool.close()
@@ -422,7 +430,7 @@ def test_restart_under_load(backend: Backend, capsys: pytest.CaptureFixture[str]
     acknowledged = {o.key for o in outcomes if o.status == 200}
     lost_after_down = sum(1 for o in outcomes if o.status == 500 and o.start >= down)
     recovery = figures(
-        f"{backend.name} SIGTERM under load ({CLIENTS} threads, pool of {POOL_SIZE})",
+        f"{backend.name} {SIGNALS[mode]} under load ({CLIENTS} threads, pool of {POOL_SIZE})",
         outcomes, down, ready, capsys,
         f"; {len(acknowledged)} writes acknowledged, none lost: {acknowledged <= stored}; "
         f"connections met dead at their first command after the stop: {lost_after_down}",
