@@ -306,17 +306,18 @@ class Pool(Generic[CT]):
       factory failures the pool stops calling the factory and raises
       :class:`PoolUnavailable` at once (chained to the last factory error)
       where it would have connected, so an outage costs callers nothing.
-      After ``retry_delay`` (0.5) seconds one caller (or :meth:`maintain`)
-      tries again; each failed try doubles the delay, up to
-      ``max_retry_delay`` (5.0), with +-25% jitter; the first success closes
-      the circuit. Idle connections are still handed out meanwhile. Only a
-      probe's failure counts while the circuit is open: connects that were
-      already under way when it opened are the same outage, not more of it.
-    - ``probe_interval`` (0.5; None: callers probe, as above): while the
-      circuit is open, a thread of the pool's own tries the factory every
-      ``probe_interval`` seconds (+-25% jitter) and callers all fail fast; a
-      successful probe's connection joins the pool and closes the circuit.
-      Service is back within about ``probe_interval`` of the server's return.
+      Idle connections are still handed out meanwhile. Only a probe's
+      failure counts while the circuit is open: connects that were already
+      under way when it opened are the same outage, not more of it.
+    - ``probe_interval`` (0.5): while the circuit is open, a thread of the
+      pool's own tries the factory every ``probe_interval`` seconds (+-25%
+      jitter) and callers all fail fast; a successful probe's connection
+      joins the pool and closes the circuit, so service is back within about
+      ``probe_interval`` of the server's return, whatever runs
+      :meth:`maintain`. With None there is no such thread: after
+      ``retry_delay`` (0.5) seconds one caller (or :meth:`maintain`) tries
+      again; each failed try doubles the delay, up to ``max_retry_delay``
+      (5.0), with +-25% jitter; the first success closes the circuit.
 
     ``with Pool(...) as pool:`` opens the pool and closes it at the end.
     """
