@@ -20,8 +20,10 @@ restart, recovery time) whether or not pytest captures output.
 
 from __future__ import annotations
 
+import glob
 import http.client
 import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
-from conftest import require_module, serve_sample_app
+from conftest import require_module, serve_sample_app, unavailable
 from throwaway import Throwaway, ThrowawayMariaDB, ThrowawayPostgres, ThrowawayRedis
 
 from poodle_cherrypy import Pool, PoolError, drivers
@@ -183,6 +185,8 @@ def restarter(server: Throwaway, mode: str) -> Callable[[], tuple[float, float, 
 @pytest.fixture(scope="module")
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     require_module("psycopg")
+    if not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"):
+        unavailable("no /usr/lib/postgresql/<version>/bin/pg_ctl to make a throwaway cluster")
     server = ThrowawayPostgres()
     try:
         server.start()
@@ -374,6 +378,9 @@ def mariadb_backend() -> Backend:
 @pytest.fixture(params=["redis", "mariadb"], scope="module")
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     require_module("redis" if request.param == "redis" else "pymysql")
+    program = "redis-server" if request.param == "redis" else "mariadb-install-db"
+    if shutil.which(program) is None:
+        unavailable(f"no {program} on the PATH to make a throwaway server")
     made = redis_backend() if request.param == "redis" else mariadb_backend()
     try:
         yield made

@@ -229,7 +229,8 @@ class ThrowawayMariaDB(Throwaway):
         user = [f"--user={self.user}"] if os.geteuid() == 0 else []
         self.proc = subprocess.Popen(
             [
-                "mariadbd", "--no-defaults", *user, f"--datadir={self.data}",
+                shutil.which("mariadbd") or "/usr/sbin/mariadbd", "--no-defaults", *user,
+                f"--datadir={self.data}",
                 f"--port={self.port}", "--bind-address=127.0.0.1",
                 f"--socket={self.dir / 'sock'}", f"--pid-file={self.dir / 'pid'}",
                 "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=16M",
