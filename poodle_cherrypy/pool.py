@@ -940,15 +940,20 @@ class Pool(Generic[CT]):
         """A factory call succeeded: wrap the connection, close the circuit."""
         rec = _Conn(conn, _monotonic(), self._pid)
         with self._lock:
-            self._created += 1
-            recovered = self._retry_at is not None
-            self._failures = 0
-            self._retry_at = None
-            self._probing = False
-            self._last_error = None
+            recovered = self._close_circuit()
         if recovered:
             logger.warning("pool %r: connecting works again; circuit closed", self._name)
         return rec
+
+    def _close_circuit(self) -> bool:
+        """Under the lock: a connect succeeded. Whether the circuit was open."""
+        self._created += 1
+        recovered = self._retry_at is not None
+        self._failures = 0
+        self._retry_at = None
+        self._probing = False
+        self._last_error = None
+        return recovered
 
     def _connect_failed(self, exc: BaseException, probe: bool) -> None:
         with self._lock:
@@ -1016,16 +1021,20 @@ class Pool(Generic[CT]):
                 except Exception as exc:
                     self._connect_failed(exc, probe=True)
                     continue
-                self._adopt(self._connected(conn))
+                self._adopt(conn)
         except BaseException:
             with self._lock:
                 self._prober = False
                 self._probing = False
             raise
 
-    def _adopt(self, rec: _Conn) -> None:
-        """A connection opened outside any slot (a probe's): keep it if one is free."""
+    def _adopt(self, conn: CT) -> None:
+        """A probe's connection, opened outside any slot: close the circuit and
+        keep it if a slot is free, in one step (so that no caller opens another
+        one meanwhile)."""
+        rec = _Conn(conn, _monotonic(), self._pid)
         with self._lock:
+            self._close_circuit()
             keep = not self._closed and self._size < self._max_size
             if keep:
                 self._size += 1
@@ -1034,6 +1043,7 @@ class Pool(Generic[CT]):
             else:
                 self._discarded += 1
                 waiter = None
+        logger.warning("pool %r: connecting works again; circuit closed", self._name)
         if not keep:
             self._dispose(rec)
         if waiter is not None:

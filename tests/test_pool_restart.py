@@ -228,7 +228,9 @@ def test_connects_in_flight_when_the_circuit_opens_count_once(clock: Clock) -> N
 
 def test_probe_thread_closes_the_circuit_soon_after_the_factory_works() -> None:
     factory = Factory()
-    pool: Pool[Conn] = Pool(factory, max_size=2, fail_fast_after=2, probe_interval=0.05)
+    pool: Pool[Conn] = Pool(
+        factory, name="closes", max_size=2, fail_fast_after=2, probe_interval=0.05
+    )
     factory.fail = OSError("refused")
     for _ in range(2):
         with pytest.raises(OSError), pool.get():
@@ -249,7 +251,9 @@ def test_probe_thread_closes_the_circuit_soon_after_the_factory_works() -> None:
     with pool.get() as conn:
         assert conn is factory.made[0]
     pool.close()
-    assert not any(t.name.endswith("-probe") for t in threading.enumerate() if t.is_alive())
+    while any(t.name == "closes-probe" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the probe thread did not end"
+        time.sleep(0.01)
 
 
 def test_the_probe_thread_stops_when_the_pool_closes() -> None:
