@@ -3,8 +3,9 @@
 A pool is declared by a *spec*: ``factory`` plus any :class:`~poodle_cherrypy.Pool`
 keyword argument (``args``, ``kwargs``, ``min_size``, ``check``...). Wherever a
 callable is expected (``factory``, ``check``, ``reset``, ``dispose``,
-``broken``) a ``"module:attribute"`` string names one, so that an INI file can
-declare everything::
+``broken``) a ``"module:attribute"`` string names one, and so it does for
+``kwargs`` (a callable called at each connect, for credentials that rotate),
+so that an INI file can declare everything::
 
     [global]
     poodle.default.factory = "sqlite3:connect"
@@ -96,6 +97,8 @@ def build_pool(name: str, spec: Mapping[str, Any], prefix: str) -> Pool[Any]:
     for option in CALLABLE_OPTIONS & options.keys():
         if option == "factory" or options[option] is not None:
             options[option] = resolve_callable(options[option], f"{prefix}.{option}")
+    if isinstance(options.get("kwargs"), str):  # never a mapping: it names a callable
+        options["kwargs"] = resolve_callable(options["kwargs"], f"{prefix}.kwargs")
     options.setdefault("name", name)
     try:
         return Pool(**options)

@@ -12,7 +12,7 @@ opt-in session resets, which say what they cost. A recipe that fails raises,
 and the pool then disposes of the connection and logs why: a connection the
 recipe cannot vouch for is never handed out again.
 
-PostgreSQL, psycopg 3 (``psycopg.connect``):
+PostgreSQL, psycopg 3 (``psycopg.connect``, or :func:`psycopg_connect`):
     :func:`psycopg_check`, :func:`psycopg_reset`, :func:`psycopg_discard_all`,
     :func:`psycopg_broken`.
 MariaDB/MySQL, PyMySQL (``pymysql.connect``):
@@ -24,6 +24,8 @@ Redis, redis-py (:func:`redis_client` as the factory):
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "psycopg_broken",
     "psycopg_check",
+    "psycopg_connect",
     "psycopg_discard_all",
     "psycopg_reset",
     "pymysql_check",
@@ -45,6 +48,68 @@ __all__ = [
 
 
 # -- PostgreSQL: psycopg 3 ----------------------------------------------------
+
+#: Statements that change nothing a retry could repeat: reads, the start of a
+#: transaction block, session settings. (A SELECT calling a function that
+#: writes is the exception the docs mention.)
+_HARMLESS = re.compile(r"\s*(?:select|show|values|table|begin|start\s+transaction|set)\b",
+                       re.IGNORECASE)
+
+
+def _harmless(query: object) -> bool:
+    return isinstance(query, str) and _HARMLESS.match(query) is not None
+
+
+@functools.cache
+def _counting_cursor() -> type[Any]:
+    import psycopg
+
+    class CountingCursor(psycopg.Cursor):
+        """A psycopg cursor that counts, on its connection's ``poodle_writes``,
+        the statements it starts that may change something."""
+
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if not _harmless(query):
+                self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+            return super().execute(query, params, **kwargs)
+
+        def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+            self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+            super().executemany(query, params_seq, **kwargs)
+
+        def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+            self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+            return super().copy(statement, params, **kwargs)
+
+        def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if not _harmless(query):
+                self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+            return super().stream(query, params, **kwargs)
+
+    return CountingCursor
+
+
+def psycopg_connect(conninfo: str = "", **kwargs: Any) -> psycopg.Connection[Any]:
+    """``factory``: ``psycopg.connect(conninfo, **kwargs)``, counting possible writes.
+
+    The connection's cursors (``conn.execute()`` and ``conn.cursor()``) add
+    one to the connection's ``poodle_writes`` attribute for every statement
+    they start that may change something: anything but a ``SELECT``,
+    ``SHOW``, ``VALUES``, ``TABLE``, ``BEGIN``, ``START TRANSACTION`` or
+    ``SET``, and every ``executemany()`` and ``copy()``. With it
+    ``tools.poodle`` can tell a connection lost before the request wrote
+    anything (503 with ``Retry-After``: retrying is safe) from one lost
+    during or after a write (500: the outcome is unknown). Costs one regular
+    expression match per statement. Server-side (named) cursors are not
+    counted; a ``cursor_factory`` in ``kwargs`` replaces the counting one.
+    """
+    import psycopg
+
+    options: dict[str, Any] = {"cursor_factory": _counting_cursor()}
+    options.update(kwargs)
+    conn = psycopg.connect(conninfo, **options)
+    conn.poodle_writes = 0  # type: ignore[attr-defined]
+    return conn
 
 
 def _psycopg_refuse_busy(conn: psycopg.Connection[Any]) -> None:

@@ -260,7 +260,10 @@ class Pool(Generic[CT]):
 
     ``factory(*args, **kwargs)`` opens a connection. Constructing a pool never
     connects: connections are opened on demand by :meth:`get`, or ahead of time
-    by :meth:`open` and :meth:`maintain` (up to ``min_size``).
+    by :meth:`open` and :meth:`maintain` (up to ``min_size``). ``args`` and
+    ``kwargs`` may each be a callable taking no argument, called at every
+    connect for the arguments of that connect (a password or token that
+    rotates); what it raises counts as a failed connect.
 
     Options (keyword-only; seconds are floats):
 
@@ -273,13 +276,25 @@ class Pool(Generic[CT]):
     - ``check(conn)``: runs when an idle connection is checked out; if it
       raises or returns False the connection is disposed of and the caller
       gets another one.
+    - ``check_after`` (0.5): ``check`` is skipped for a connection last
+      returned less than this many seconds ago (0: check every time), so a
+      busy pool pays no round trip and an idle one pays it only after idling.
+    - ``keepalive``: :meth:`maintain` runs ``check`` on connections idle
+      longer than this many seconds (disposing of those that fail), so a
+      server restart in a quiet period is found before any caller meets it.
     - ``reset(conn)``: runs when a connection comes back (say, a rollback); if
       it raises, the connection is disposed of.
     - ``dispose(conn)``: closes a connection the pool drops (default:
       ``conn.close()`` where there is one). Its errors are logged, not raised.
     - ``broken(conn, exc)``: whether a connection whose block raised ``exc``
       (None if it raised nothing) must be disposed of rather than reused; the
-      default is :func:`is_broken`.
+      default is :func:`is_broken`. When a connection is found broken (by
+      this rule, a failing ``reset`` or ``check``), every connection opened
+      before it is suspect: with a ``check``, an idle one is checked before it
+      is handed out, whatever ``check_after`` says; without one, idle ones are
+      disposed of at once. Busy ones are disposed of when they come back. One
+      dead connection found means the others are tested, not met by callers
+      one by one.
     - ``max_lifetime``: seconds after which a connection is retired.
     - ``max_idle``: :meth:`maintain` closes connections idle for longer (down
       to ``min_size``).
@@ -291,10 +306,18 @@ class Pool(Generic[CT]):
       factory failures the pool stops calling the factory and raises
       :class:`PoolUnavailable` at once (chained to the last factory error)
       where it would have connected, so an outage costs callers nothing.
-      After ``retry_delay`` (0.5) seconds one caller (or :meth:`maintain`)
-      tries again; each failed try doubles the delay, up to
-      ``max_retry_delay`` (5.0), with +-25% jitter; the first success closes
-      the circuit. Idle connections are still handed out meanwhile.
+      Idle connections are still handed out meanwhile. Only a probe's
+      failure counts while the circuit is open: connects that were already
+      under way when it opened are the same outage, not more of it.
+    - ``probe_interval`` (0.5): while the circuit is open, a thread of the
+      pool's own tries the factory every ``probe_interval`` seconds (+-25%
+      jitter) and callers all fail fast; a successful probe's connection
+      joins the pool and closes the circuit, so service is back within about
+      ``probe_interval`` of the server's return, whatever runs
+      :meth:`maintain`. With None there is no such thread: after
+      ``retry_delay`` (0.5) seconds one caller (or :meth:`maintain`) tries
+      again; each failed try doubles the delay, up to ``max_retry_delay``
+      (5.0), with +-25% jitter; the first success closes the circuit.
 
     ``with Pool(...) as pool:`` opens the pool and closes it at the end.
     """
@@ -302,8 +325,8 @@ class Pool(Generic[CT]):
     def __init__(
         self,
         factory: Callable[..., CT],
-        args: Sequence[Any] = (),
-        kwargs: Optional[Mapping[str, Any]] = None,
+        args: Union[Sequence[Any], Callable[[], Sequence[Any]]] = (),
+        kwargs: Union[Mapping[str, Any], Callable[[], Mapping[str, Any]], None] = None,
         *,
         name: Optional[str] = None,
         min_size: int = 0,
@@ -311,6 +334,8 @@ class Pool(Generic[CT]):
         timeout: float = 30.0,
         max_waiting: int = 0,
         check: Optional[Callable[[CT], Any]] = None,
+        check_after: float = 0.5,
+        keepalive: Optional[float] = None,
         reset: Optional[Callable[[CT], Any]] = None,
         dispose: Optional[Callable[[CT], Any]] = None,
         broken: Optional[Callable[[CT, Optional[BaseException]], bool]] = None,
@@ -321,16 +346,23 @@ class Pool(Generic[CT]):
         fail_fast_after: int = 5,
         retry_delay: float = 0.5,
         max_retry_delay: float = 5.0,
+        probe_interval: Optional[float] = 0.5,
     ) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be callable, got {factory!r}")
-        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        if callable(args):
+            pass  # called at each connect, its result checked then
+        elif isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
             raise TypeError(
-                f"args must be a tuple of positional arguments, got {args!r}"
+                f"args must be a tuple of positional arguments (or a callable returning "
+                f"one), got {args!r}"
                 + (f"; did you mean args=({args!r},)?" if isinstance(args, (str, bytes)) else "")
             )
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise TypeError(f"kwargs must be a mapping of keyword arguments, got {kwargs!r}")
+        if kwargs is not None and not callable(kwargs) and not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"kwargs must be a mapping of keyword arguments (or a callable returning "
+                f"one), got {kwargs!r}"
+            )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         min_size = _check_size("min_size", min_size, 0)
@@ -341,14 +373,23 @@ class Pool(Generic[CT]):
             max_uses = _check_size("max_uses", max_uses, 1)
 
         self._factory = factory
-        self._args = tuple(args)
-        self._kwargs = dict(kwargs or {})
+        self._args: Any = args if callable(args) else tuple(args)
+        self._kwargs: Any = kwargs if callable(kwargs) else dict(kwargs or {})
         self._name = name if name is not None else f"pool-{next(_names)}"
         self._min_size = min_size
         self._max_size = max_size
         self._timeout: float = _check_seconds("timeout", timeout, allow_zero=True, optional=False)
         self._max_waiting = _check_size("max_waiting", max_waiting, 0)
         self._check = _check_callable("check", check)
+        self._check_after: float = _check_seconds(
+            "check_after", check_after, allow_zero=True, optional=False
+        )
+        self._keepalive: Optional[float] = _check_seconds(
+            "keepalive", keepalive, allow_zero=False, optional=True
+        )
+        self._probe_interval: Optional[float] = _check_seconds(
+            "probe_interval", probe_interval, allow_zero=False, optional=True
+        )
         self._reset = _check_callable("reset", reset)
         self._dispose_fn = _check_callable("dispose", dispose)
         self._broken = _check_callable("broken", broken)
@@ -379,8 +420,13 @@ class Pool(Generic[CT]):
         self._vet = check is not None or max_lifetime is not None
         # ...a plain checkout is "pop the idle stack and count"...
         self._plain_checkout = not self._vet and leak_timeout is None
-        # ...a returning connection needs the clock only for these...
-        self._timed = max_lifetime is not None or max_idle is not None
+        # ...a returning connection needs the clock only for these (check_after
+        # and keepalive read the time it came back)...
+        self._timed = (
+            max_lifetime is not None
+            or max_idle is not None
+            or (check is not None and (self._check_after > 0 or keepalive is not None))
+        )
         # ...and a plain return is "push it on the idle stack and count".
         self._plain_return = (
             reset is None
@@ -422,6 +468,7 @@ class Pool(Generic[CT]):
         self._probing = False
         self._last_error: Optional[BaseException] = None
         self._unavailable = 0
+        self._prober = False  # a probe thread runs (probe_interval set, circuit open)
 
     # -- public API ----------------------------------------------------------
 
@@ -566,7 +613,9 @@ class Pool(Generic[CT]):
         """Expire, refill and report leaks; safe from any thread, at any time.
 
         Disposes of idle connections past ``max_lifetime``, and of those idle
-        longer than ``max_idle`` while more than ``min_size`` are open; opens
+        longer than ``max_idle`` while more than ``min_size`` are open; runs
+        ``check`` on idle connections idle longer than ``keepalive`` and on
+        suspect ones (see ``broken``), disposing of those that fail; opens
         connections up to ``min_size``; logs a WARNING once for each
         connection held longer than ``leak_timeout``. Factory errors are
         logged, not raised. On a closed pool it does nothing.
@@ -577,7 +626,10 @@ class Pool(Generic[CT]):
                 return
             expired: list[_Conn] = []
             keep: list[_Conn] = []
+            probe: list[_Conn] = []
             open_count = self._size
+            check = self._check is not None
+            keepalive = self._keepalive
             for rec in self._idle:  # oldest first
                 too_old = self._max_lifetime is not None and now - rec.created >= self._max_lifetime
                 too_idle = (
@@ -588,12 +640,18 @@ class Pool(Generic[CT]):
                 if too_old or too_idle:
                     expired.append(rec)
                     open_count -= 1
+                elif check and (
+                    rec.epoch != self._epoch
+                    or (keepalive is not None and now - rec.last_used >= keepalive)
+                ):
+                    probe.append(rec)
                 else:
                     keep.append(rec)
-            if expired:
+            if expired or probe:
                 self._idle = keep
                 self._size -= len(expired)
                 self._discarded += len(expired)
+                self._pending += len(probe)  # out to be checked, their slots kept
             leaks: list[tuple[_Conn, float]] = []
             if self._leak_timeout is not None:
                 for rec in self._lent:
@@ -605,6 +663,17 @@ class Pool(Generic[CT]):
             need = self._reserve_to_min()
         for rec in expired:
             self._dispose(rec)
+        for index, rec in enumerate(probe):
+            try:
+                reason = self._run_check(rec)
+            except BaseException:
+                for other in probe[index + 1:]:  # interrupted: drop the unchecked rest
+                    with self._lock:
+                        self._discarded += 1
+                    self._dispose(other)
+                    self._give_up_slot()
+                raise
+            self._after_keepalive_check(rec, reason)
         for rec, held in leaks:
             stack = "".join(rec.stack.format()) if rec.stack is not None else ""
             logger.warning(
@@ -646,6 +715,23 @@ class Pool(Generic[CT]):
             self._dispose(rec)
         for waiter in wake:
             waiter.lock.release()
+
+    def is_broken(self, conn: CT, exc: Optional[BaseException]) -> bool:
+        """Whether the pool's ``broken`` rule judges ``conn`` lost after ``exc``.
+
+        This is what the pool decides when the connection comes back with that
+        exception; a rule that raises counts as True (and is logged).
+        """
+        try:
+            if self._broken is not None:
+                return bool(self._broken(conn, exc))
+            return is_broken(conn, exc)
+        except Exception:
+            logger.warning(
+                "pool %r: the broken rule raised; discarding %r", self._name, conn,
+                exc_info=True,
+            )
+            return True
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's gauges and counters."""
@@ -701,12 +787,13 @@ class Pool(Generic[CT]):
         """Check a connection out for the calling thread (lent and counted)."""
         vet = False
         waiter = None
+        now = _monotonic() if self._vet else 0.0
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self._name!r} is closed")
             if self._idle:
                 rec: Union[_Conn, _Sentinel, None] = self._idle.pop()
-                if self._vet:
+                if self._vet and self._needs_vetting(rec, now):  # type: ignore[arg-type]
                     vet = True
                     self._pending += 1
                 else:
@@ -727,7 +814,7 @@ class Pool(Generic[CT]):
         if rec is _CREATE:
             rec = self._open_lent()
         elif vet:
-            rec = self._vetted(rec)  # type: ignore[arg-type]
+            rec = self._vetted(rec, now)  # type: ignore[arg-type]
         if self._leak_timeout is not None:
             self._track(rec)  # type: ignore[arg-type]
         return rec  # type: ignore[return-value]
@@ -832,13 +919,16 @@ class Pool(Generic[CT]):
         for a connect that is bound to fail (or each waiting out the full
         timeout). After a jittered delay one caller at a time probes the
         factory; the delay doubles after each failed probe, up to
-        ``max_retry_delay``; the first success closes the circuit.
+        ``max_retry_delay``; the first success closes the circuit. With
+        ``probe_interval`` set, the pool's probe thread does the probing and
+        every caller fails fast (see :meth:`_probe_loop`).
         """
+        probe = False
         with self._lock:
             retry_at = self._retry_at
             if retry_at is not None:
                 now = _monotonic()
-                if self._probing or now < retry_at:
+                if self._probing or self._prober or now < retry_at:
                     self._unavailable += 1
                     failures = self._failures
                     last_error = self._last_error
@@ -852,38 +942,75 @@ class Pool(Generic[CT]):
                 f"(last error: {last_error!r})"
             ) from last_error
         try:
-            conn = self._factory(*self._args, **self._kwargs)
+            conn = self._call_factory()
         except BaseException as exc:
-            self._connect_failed(exc)
+            self._connect_failed(exc, probe)
             raise
+        return self._connected(conn)
+
+    def _call_factory(self) -> CT:
+        """Call the factory with the pool's arguments, the callable ones called now."""
+        args = self._args() if callable(self._args) else self._args
+        kwargs = self._kwargs() if callable(self._kwargs) else self._kwargs
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise TypeError(
+                f"pool {self._name!r}: the args callable must return a sequence, got {args!r}"
+            )
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"pool {self._name!r}: the kwargs callable must return a mapping, got {kwargs!r}"
+            )
+        return self._factory(*args, **kwargs)
+
+    def _connected(self, conn: CT) -> _Conn:
+        """A factory call succeeded: wrap the connection, close the circuit."""
         rec = _Conn(conn, _monotonic(), self._pid)
         with self._lock:
-            self._created += 1
-            recovered = self._retry_at is not None
-            self._failures = 0
-            self._retry_at = None
-            self._probing = False
-            self._last_error = None
+            recovered = self._close_circuit()
         if recovered:
             logger.warning("pool %r: connecting works again; circuit closed", self._name)
         return rec
 
-    def _connect_failed(self, exc: BaseException) -> None:
+    def _close_circuit(self) -> bool:
+        """Under the lock: a connect succeeded. Whether the circuit was open."""
+        self._created += 1
+        recovered = self._retry_at is not None
+        self._failures = 0
+        self._retry_at = None
+        self._probing = False
+        self._last_error = None
+        return recovered
+
+    def _connect_failed(self, exc: BaseException, probe: bool) -> None:
         with self._lock:
             self._errors += 1
-            self._probing = False
+            if probe:
+                self._probing = False
             if not isinstance(exc, Exception):
                 return  # KeyboardInterrupt and the like say nothing about the server
-            self._failures += 1
             self._last_error = exc
+            if self._retry_at is not None and not probe:
+                # Under way when the circuit opened: the same outage, counted already.
+                return
+            self._failures += 1
             failures = self._failures
             over = failures - self._fail_fast_after
             delay: Optional[float] = None
+            start_prober = False
             if self._fail_fast_after and over >= 0:
-                delay = min(self._max_retry_delay, self._retry_delay * 2.0 ** over)
+                if self._probe_interval is not None:
+                    delay = self._probe_interval
+                    start_prober = not self._prober
+                    self._prober = True
+                else:
+                    delay = min(self._max_retry_delay, self._retry_delay * 2.0 ** over)
                 # Jitter spreads the probes of many pools (and processes) apart.
                 delay *= random.uniform(0.75, 1.25)
                 self._retry_at = _monotonic() + delay
+        if start_prober:
+            threading.Thread(
+                target=self._probe_loop, name=f"{self._name}-probe", daemon=True
+            ).start()
         # One line per state change; the outage's traceback once, at its start.
         if failures == 1:
             logger.warning("pool %r: connecting failed (%r)", self._name, exc, exc_info=exc)
@@ -896,10 +1023,67 @@ class Pool(Generic[CT]):
                 self._name, failures, exc, delay,
             )
         else:
-            logger.warning(
+            # The probe thread tries every probe_interval: its first failure and
+            # every 20th after it say the outage goes on, the rest are DEBUG.
+            level = logging.WARNING if (over - 1) % 20 == 0 else logging.DEBUG
+            logger.log(
+                level,
                 "pool %r: a probe failed (%r); circuit still open, next attempt in %.2f s",
                 self._name, exc, delay,
             )
+
+    def _probe_loop(self) -> None:
+        """The probe thread: while the circuit is open, try the factory every
+        ``probe_interval`` seconds (jittered); put the connection made in the
+        pool, which closes the circuit. Ends when the circuit is closed (checked
+        under the lock, so a circuit that opens again keeps its thread) or the
+        pool is."""
+        assert self._probe_interval is not None
+        try:
+            while True:
+                with self._lock:
+                    retry_at = self._retry_at
+                    if self._closed or retry_at is None:
+                        self._prober = False
+                        return
+                    delay = retry_at - _monotonic()
+                    if delay <= 0:
+                        self._probing = True
+                if delay > 0:
+                    time.sleep(min(delay, self._probe_interval * 1.25))
+                    continue
+                try:
+                    conn = self._call_factory()
+                except Exception as exc:
+                    self._connect_failed(exc, probe=True)
+                    continue
+                self._adopt(conn)
+        except BaseException:
+            with self._lock:
+                self._prober = False
+                self._probing = False
+            raise
+
+    def _adopt(self, conn: CT) -> None:
+        """A probe's connection, opened outside any slot: close the circuit and
+        keep it if a slot is free, in one step (so that no caller opens another
+        one meanwhile)."""
+        rec = _Conn(conn, _monotonic(), self._pid)
+        with self._lock:
+            self._close_circuit()
+            keep = not self._closed and self._size < self._max_size
+            if keep:
+                self._size += 1
+                rec.epoch = self._epoch
+                waiter = self._shelve(rec, rec.created)
+            else:
+                self._discarded += 1
+                waiter = None
+        logger.warning("pool %r: connecting works again; circuit closed", self._name)
+        if not keep:
+            self._dispose(rec)
+        if waiter is not None:
+            waiter.lock.release()
 
     def _give_up_slot(self) -> None:
         """A reserved slot will not be used: pass it to a waiter, or free it."""
@@ -909,28 +1093,51 @@ class Pool(Generic[CT]):
         if waiter is not None:
             waiter.lock.release()
 
-    def _vetted(self, rec: _Conn) -> _Conn:
-        """An idle connection, taken out with a pending slot: check it, lend it."""
+    def _run_check(self, rec: _Conn) -> Optional[str]:
+        """Run ``check`` on a connection taken out with a pending slot: why it
+        failed, or None. Interrupted, it disposes of it, frees the slot, re-raises."""
+        assert self._check is not None
+        try:
+            if self._check(rec.conn) is False:
+                return "check returned False"
+        except Exception as exc:
+            return f"check raised {exc!r}"
+        except BaseException:
+            # Interrupted mid-check: the connection's state is unknown.
+            with self._lock:
+                self._discarded += 1
+            self._dispose(rec)
+            self._give_up_slot()
+            raise
+        return None
+
+    def _needs_vetting(self, rec: _Conn, now: float) -> bool:
+        """Under the lock: whether an idle connection is past max_lifetime or due
+        a check: idle for ``check_after`` or more, or suspect (opened before a
+        connection was found broken), however recently it was used."""
+        return (
+            self._max_lifetime is not None and now - rec.created >= self._max_lifetime
+        ) or (
+            self._check is not None
+            and (rec.epoch != self._epoch or now - rec.last_used >= self._check_after)
+        )
+
+    def _vetted(self, rec: _Conn, now: float) -> _Conn:
+        """An idle connection due vetting, taken out with a pending slot: check
+        it, lend it (or dispose of it and open another in its slot)."""
         reason = None
-        if self._max_lifetime is not None and _monotonic() - rec.created >= self._max_lifetime:
+        checked = False
+        if self._max_lifetime is not None and now - rec.created >= self._max_lifetime:
             reason = "max_lifetime reached"
         elif self._check is not None:
-            try:
-                if self._check(rec.conn) is False:
-                    reason = "check returned False"
-            except Exception as exc:
-                reason = f"check raised {exc!r}"
-            except BaseException:
-                # Interrupted mid-check: the connection's state is unknown.
-                with self._lock:
-                    self._discarded += 1
-                self._dispose(rec)
-                self._give_up_slot()
-                raise
+            reason = self._run_check(rec)
+            checked = True
         if reason is None:
             with self._lock:
                 self._pending -= 1
                 if not self._closed:
+                    if checked:
+                        rec.epoch = self._epoch  # vouched for: a suspect no more
                     self._lend(rec)
                     return rec
                 self._discarded += 1
@@ -942,8 +1149,64 @@ class Pool(Generic[CT]):
         with self._lock:
             self._discarded += 1
         self._dispose(rec)
+        if checked:
+            self._lost(rec)
         # The slot is still ours (pending): open a fresh connection in it.
         return self._open_lent()
+
+    def _after_keepalive_check(self, rec: _Conn, reason: Optional[str]) -> None:
+        """Put back an idle connection :meth:`maintain` checked, or drop it."""
+        if reason is None:
+            with self._lock:
+                self._pending -= 1
+                if not self._closed:
+                    rec.epoch = self._epoch  # vouched for: a suspect no more
+                    waiter = self._shelve(rec, _monotonic())
+                    keep = True
+                else:
+                    self._discarded += 1
+                    self._size -= 1
+                    waiter = None
+                    keep = False
+            if waiter is not None:
+                waiter.lock.release()
+            if keep:
+                return
+        else:
+            logger.info("pool %r: discarding idle %r: %s", self._name, rec.conn, reason)
+            with self._lock:
+                self._discarded += 1
+            self._lost(rec)
+            self._give_up_slot()
+        self._dispose(rec)
+
+    def _lost(self, rec: _Conn) -> None:
+        """``rec`` was found broken: every connection opened before now is suspect.
+
+        The pool's epoch moves on: busy connections of the old one are
+        disposed of when they come back; idle ones are checked before they
+        are handed out, or, without a ``check``, disposed of now. A suspect
+        found broken brings no news (its epoch is old already), so an outage
+        met by many connections moves the epoch once, not once per connection.
+        """
+        with self._lock:
+            if rec.epoch != self._epoch or self._closed:
+                return
+            self._epoch += 1
+            idle: list[_Conn] = []
+            if self._check is None:
+                idle, self._idle = self._idle, []
+                self._size -= len(idle)
+                self._discarded += len(idle)
+            suspects = len(self._idle) + self._in_use
+        for other in idle:
+            self._dispose(other)
+        logger.warning(
+            "pool %r: a connection was found broken; %s, %d other(s) now suspect",
+            self._name,
+            f"disposed of {len(idle)} idle connection(s)" if idle else "nothing disposed of",
+            suspects,
+        )
 
     def _track(self, rec: _Conn) -> None:
         """Note when and where a connection was checked out (leak_timeout set)."""
@@ -959,16 +1222,7 @@ class Pool(Generic[CT]):
     # -- return --------------------------------------------------------------
 
     def _is_broken(self, rec: _Conn, exc: Optional[BaseException]) -> bool:
-        try:
-            if self._broken is not None:
-                return bool(self._broken(rec.conn, exc))
-            return is_broken(rec.conn, exc)
-        except Exception:
-            logger.warning(
-                "pool %r: the broken rule raised; discarding %r", self._name, rec.conn,
-                exc_info=True,
-            )
-            return True
+        return self.is_broken(rec.conn, exc)
 
     def _release(self, rec: _Conn, doomed: bool) -> None:
         """Give back a connection lent by :meth:`_acquire`."""
@@ -1025,6 +1279,8 @@ class Pool(Generic[CT]):
         finally:
             if waiter is not None:
                 waiter.lock.release()
+        if doomed:
+            self._lost(rec)
 
     def _free_slot(self) -> Optional[_Waiter]:
         """Under the lock: a slot was vacated. Hand it to the longest waiter

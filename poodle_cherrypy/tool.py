@@ -14,7 +14,7 @@ from cherrypy.lib import file_generator, httputil
 
 from .errors import PoolError
 from .plugin import _plugins, get_pool
-from .pool import Lease
+from .pool import Lease, Pool
 
 __all__ = ["PoodleTool"]
 
@@ -64,14 +64,28 @@ class _Checkout:
 
     __slots__ = (
         "attribute", "body", "conn", "cut_short", "decided", "error", "handler", "lease",
-        "ran", "transaction",
+        "lost", "pool", "ran", "retry_after", "transaction", "writes",
     )
 
     def __init__(
-        self, lease: Lease[Any], conn: Any, attribute: str, transaction: bool, handler: Any
+        self,
+        pool: Pool[Any],
+        lease: Lease[Any],
+        conn: Any,
+        attribute: str,
+        transaction: bool,
+        handler: Any,
+        retry_after: int,
     ) -> None:
+        self.pool = pool
         self.lease = lease
         self.conn = conn
+        self.retry_after = retry_after
+        # A connection that counts the statements that may write (see
+        # drivers.psycopg_connect): the count at checkout, else None.
+        writes = getattr(conn, "poodle_writes", None)
+        self.writes: Optional[int] = writes if type(writes) is int else None
+        self.lost = False  # the pool judged the connection lost
         self.attribute = attribute
         self.transaction = transaction
         self.handler = handler
@@ -86,6 +100,19 @@ class _Checkout:
             body = self.handler(*args, **kwargs)
         except BaseException as exc:
             self.error = exc
+            if isinstance(exc, Exception) and not isinstance(exc, cherrypy.HTTPRedirect):
+                self.lost = self.pool.is_broken(self.conn, exc)
+                if self.lost and self.writes is not None and (
+                    getattr(self.conn, "poodle_writes", None) == self.writes
+                ):
+                    # Nothing this request sent could have changed anything:
+                    # retrying is safe, which 503 with Retry-After says.
+                    cherrypy.log(
+                        f"pool {self.pool.name!r}: the connection was lost before the "
+                        f"request wrote anything ({exc!r}); answering 503",
+                        "POODLE", severity=logging.WARNING,
+                    )
+                    raise ServiceUnavailable(self.retry_after) from None
             raise
         if _is_lazy(body):
             # A generator's code runs later (when the body is collapsed or
@@ -127,6 +154,8 @@ class _Checkout:
         """Commit if the status is below 400, nothing but a redirect was raised and
         the body was not cut short; else roll back."""
         self.decided = True
+        if self.lost:
+            return  # nothing to commit or roll back: the server ended the transaction
         try:
             code = httputil.valid_status(cherrypy.serving.response.status)[0]
         except ValueError:
@@ -200,10 +229,19 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
       its end; a failing commit turns the response into a 500.
     - ``tools.poodle.retry_after`` (5): the ``Retry-After`` seconds of the 503
       sent when no connection can be had (pool exhausted, closed, or the
-      factory failing); the cause is logged, never sent.
+      factory failing), or when the connection is lost before the request
+      wrote anything; the cause is logged, never sent.
     - ``tools.poodle.priority`` (95): of the ``before_handler`` hook; the
       default comes after ``trailing_slash`` redirects (60) and cache hits
       (90), which then check nothing out.
+
+    A connection lost during the request (the handler raised an error the
+    pool's ``broken`` rule judges fatal) answers 503 with ``Retry-After``
+    when the connection counts its writes (a ``poodle_writes`` attribute, as
+    :func:`~poodle_cherrypy.drivers.psycopg_connect` makes) and the count did
+    not move since checkout: nothing was changed, a retry is safe. Otherwise
+    (a write was sent, the commit failed, or the connection does not count)
+    the outcome is unknown and the answer is 500.
 
     Helper code that calls ``pool.get()`` during the request gets the same
     connection (the pool is reentrant per thread). A second tool,
@@ -302,7 +340,9 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
                 "POODLE", severity=logging.INFO,
             )
             raise ServiceUnavailable(retry_after) from None
-        checkout = _Checkout(lease, conn, self._attribute, bool(transaction), handler)
+        checkout = _Checkout(
+            target, lease, conn, self._attribute, bool(transaction), handler, retry_after
+        )
         setattr(request, self._attribute, conn)
         request.handler = checkout
         hooks = request.hooks

@@ -190,11 +190,13 @@ def connect_postgresql(url: str) -> psycopg.Connection[Any]:
     is one round trip, where psycopg's implicit transaction would add a
     ``BEGIN`` and a ``COMMIT`` to every request. Writes begin with ``BEGIN``
     (:meth:`Dialect.begin_write`); ``commit()`` and ``rollback()``, which
-    ``tools.poodle.transaction`` calls, end that transaction.
+    ``tools.poodle.transaction`` calls, end that transaction. Its cursors
+    count the statements that may write (:func:`~poodle_cherrypy.drivers.psycopg_connect`),
+    so a connection lost before a request wrote anything answers 503, not 500.
     """
-    import psycopg  # only needed for PostgreSQL (the "postgresql" extra)
+    from poodle_cherrypy.drivers import psycopg_connect  # needs psycopg (the "postgresql" extra)
 
-    return psycopg.connect(_libpq_url(url), autocommit=True)
+    return psycopg_connect(_libpq_url(url), autocommit=True)
 
 
 def ping(conn: Connection) -> None:
@@ -219,11 +221,18 @@ def rollback(conn: Connection) -> None:
 def pool_spec(database: str, max_size: int) -> dict[str, Any]:
     """PoodlePlugin's declaration of a pool for ``database`` (path or URL)."""
     if is_postgresql_url(database):
+        from poodle_cherrypy.drivers import psycopg_check
+
         return {
             "factory": connect_postgresql,
             "args": (database,),
             "max_size": max_size,
             "reset": rollback,
+            # A round trip only for a connection idle for check_after (0.5 s)
+            # or opened before one found broken; a restart in a quiet period
+            # is found by maintain() within keepalive + maintain_interval.
+            "check": psycopg_check,
+            "keepalive": 30.0,
         }
     return {
         "factory": connect_sqlite,

@@ -52,3 +52,17 @@ def test_quick_tool_benchmark_runs(client: str) -> None:
     assert "summary: tool on vs off, median of 2 round(s):" in proc.stdout, output
     assert "mixed: " in proc.stdout, output
     assert "target, tool costs <= 3% of server CPU per request" in proc.stdout, output
+
+
+@pytest.mark.slow
+def test_quick_tool_benchmark_with_a_check_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(TOOL_SCRIPT), "--quick", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "check=<1 ms stand-in>, check_after=0.5" in proc.stdout, output
+    assert "checks run: " in proc.stdout, output

@@ -78,8 +78,10 @@ def test_pool_records_reach_cherrypys_error_log_while_the_plugin_runs(
 
 
 def test_an_outage_logs_each_state_change_once_and_one_traceback(error_log: ErrorLog) -> None:
-    # retry_delay is long: no probe runs during the test, so the lines are exact.
-    pool = Pool(refuse, name="default", fail_fast_after=3, retry_delay=60, max_retry_delay=60)
+    # Callers probe (no probe thread) and retry_delay is long: no probe runs during the
+    # test, so the lines are exact.
+    pool = Pool(refuse, name="default", fail_fast_after=3, retry_delay=60, max_retry_delay=60,
+                probe_interval=None)
     PoodlePlugin(cherrypy.engine, {"default": pool}).subscribe()
 
     class Root:

@@ -336,6 +336,7 @@ def test_lock_is_not_held_while_user_code_runs(hook: str) -> None:
         factory,
         max_size=3,
         check=lambda c: maybe_probe() if hook == "check" else None,
+        check_after=0,
         reset=lambda c: maybe_probe() if hook == "reset" else None,
         dispose=lambda c: maybe_probe() if hook == "dispose" else c.close(),
     )
@@ -579,7 +580,7 @@ def test_failing_check_disposes_and_caller_gets_another(
         return True
 
     factory = Factory()
-    pool = Pool(factory, check=check, max_size=1)
+    pool = Pool(factory, check=check, check_after=0, max_size=1)
     with pool.get() as first:
         pass
     bad.add(first.id)
@@ -745,7 +746,10 @@ def test_circuit_half_open_probe_then_recovers(
     caplog: pytest.LogCaptureFixture, clock: Clock
 ) -> None:
     factory = Factory()
-    pool = Pool(factory, max_size=4, fail_fast_after=2, retry_delay=1.0, max_retry_delay=1.0)
+    pool = Pool(
+        factory, max_size=4, fail_fast_after=2, retry_delay=1.0, max_retry_delay=1.0,
+        probe_interval=None,  # callers probe
+    )
     factory.fail = OSError("down")
     for _ in range(2):
         with pytest.raises(OSError), pool.get():
@@ -1153,6 +1157,7 @@ def test_base_exception_in_a_hook_propagates_and_leaks_no_slot(hook: str) -> Non
         factory,
         max_size=1,
         check=maybe_abort if hook == "check" else None,
+        check_after=0,
         reset=maybe_abort if hook == "reset" else None,
         dispose=maybe_abort if hook == "dispose" else None,
     )
@@ -1181,7 +1186,9 @@ def test_base_exception_in_a_hook_propagates_and_leaks_no_slot(hook: str) -> Non
 def test_failed_probes_back_off_up_to_max_retry_delay(clock: Clock) -> None:
     factory = Factory()
     factory.fail = OSError("down")
-    pool = Pool(factory, fail_fast_after=1, retry_delay=1.0, max_retry_delay=4.0)
+    pool = Pool(
+        factory, fail_fast_after=1, retry_delay=1.0, max_retry_delay=4.0, probe_interval=None
+    )
 
     def attempt() -> bool:
         """True if the factory was called (a probe), False if it failed fast."""

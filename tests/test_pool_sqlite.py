@@ -103,7 +103,8 @@ def test_check_replaces_a_dead_idle_connection(db: Path) -> None:
         conn.execute("select 1")
 
     pool: Pool[sqlite3.Connection] = Pool(
-        sqlite3.connect, (str(db),), {"check_same_thread": False}, check=ping, max_size=1
+        sqlite3.connect, (str(db),), {"check_same_thread": False}, check=ping, check_after=0,
+        max_size=1,
     )
     with pool.get() as conn:
         pass

@@ -35,7 +35,7 @@ class Conn:
         self.close_calls = 0
         self.bad = False
         self.uses = 0  # checkouts, as the machine saw them
-        self.epoch = 0  # how many times the pool had been closed at checkout
+        self.epoch = 0  # the pool's epoch at checkout
 
     def close(self) -> None:
         self.closed = True
@@ -66,6 +66,8 @@ class PoolMachine(RuleBasedStateMachine):
             fail_fast_after=FAIL_FAST_AFTER,
             retry_delay=1.0,  # on the machine's clock: see time_passes
             max_retry_delay=4.0,
+            probe_interval=None,  # callers probe, on the machine's clock
+            check_after=0,
         )
         self.held: list[tuple[Lease[Conn], Conn]] = []
         self.closed = False
@@ -120,7 +122,9 @@ class PoolMachine(RuleBasedStateMachine):
         assert not conn.closed and not conn.bad
         assert all(conn is not other for _, other in self.held), "handed out twice"
         conn.uses += 1
-        conn.epoch = self.closes
+        # The pool's epoch moves on at close() and when a connection is found
+        # broken (every older one is then suspect, and retired on return).
+        conn.epoch = self.pool._epoch
         assert conn.uses <= MAX_USES
         self.held.append((out["lease"], conn))
         if before.idle == 0 and before.size >= before.max_size:
@@ -138,8 +142,9 @@ class PoolMachine(RuleBasedStateMachine):
             assert conn.closed
         else:
             lease.__exit__(None, None, None)
-        # Checked out before a close(): disposed of on return, even if reopened.
-        if conn.epoch != self.closes or shrunk or conn.uses >= MAX_USES:
+        # Checked out before a close() or a broken connection: disposed of on
+        # return, even if reopened.
+        if conn.epoch != self.pool._epoch or shrunk or conn.uses >= MAX_USES:
             assert conn.closed
         elif not broken:
             assert not conn.closed  # reused: back in the pool

@@ -48,7 +48,9 @@ def make_pool(server: Server) -> Iterator[MakePool]:
     pools: list[Pool[Any]] = []
 
     def make(factory: Callable[[], Any], **options: Any) -> Pool[Any]:
-        options = {"check": server.check, "reset": server.reset, **options}
+        # check_after=0: these faults strike within the skip window of a
+        # recently used connection, and the tests are about check itself.
+        options = {"check": server.check, "check_after": 0, "reset": server.reset, **options}
         pool: Pool[Any] = Pool(factory, name=f"{server.name}-faults", **options)
         pools.append(pool)
         return pool
@@ -213,9 +215,10 @@ def test_outage_fails_fast_then_recovers_by_itself(
     # now and then, failed at once without touching the network.
     assert outcomes["unavailable"] >= 10, outcomes
     assert slowest_unavailable < 1.0  # the pool's timeout is 10 s
-    assert stats.circuit == "open"
+    assert stats.circuit in ("open", "half-open")  # half-open: its probe thread connecting
     assert stats.unavailable == outcomes["unavailable"]
-    assert stats.errors == outcomes["connect failed"]
+    # The pool's probe thread's failed connects count too.
+    assert stats.errors >= outcomes["connect failed"] == 2
     assert (stats.size, stats.discarded) == (0, 1), stats
     assert_nothing_out(pool)
 
