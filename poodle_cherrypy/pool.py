@@ -18,10 +18,14 @@ How it stays correct and fast:
 - A thread's nested ``get()`` yields the connection it already holds.
 - ``os.register_at_fork`` resets every pool in a child process, dropping the
   parent's connections without closing them, at no cost on the hot path.
+- Timing costs one clock reading per checkout and one per return: a checkout
+  served at once from the idle stack records a wait of 0, and the histograms
+  are plain counters bumped under the lock the pool takes anyway.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
@@ -38,7 +42,7 @@ from types import TracebackType
 from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 from .errors import PoolClosed, PoolTimeout, PoolUnavailable, TooManyWaiters
-from .stats import PoolStats
+from .stats import BUCKET_BOUNDS, Histogram, PoolStats
 
 __all__ = ["Lease", "Pool", "is_broken"]
 
@@ -47,7 +51,16 @@ CT = TypeVar("CT")
 logger = logging.getLogger("poodle_cherrypy")
 
 _monotonic = time.monotonic
+_bucket = bisect.bisect_left
+_FIRST_BOUND = BUCKET_BOUNDS[0]
 _names = itertools.count(1)
+
+#: Seconds of history the "recent" figures of a PoolTimeout message cover at
+#: least (up to twice as much: see Pool._mark_recent).
+RECENT_SECONDS = 60.0
+
+#: A timing listener: called as ``listener(metric, seconds)``.
+TimingListener = Callable[[str, float], object]
 
 #: Exception class names (anywhere in the MRO) that mean "this connection is
 #: gone": DB-API's OperationalError and InterfaceError, and the
@@ -129,9 +142,10 @@ _CLOSED = _Sentinel("CLOSED")  # the pool closed while you waited
 
 
 class _Waiter:
-    __slots__ = ("lock", "result")
+    __slots__ = ("lock", "result", "since")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
+        self.since = since  # when its get() began: the start of its wait
         # Acquired now, released by whoever serves this waiter: the cheapest
         # one-shot wake-up the threading module has.
         self.lock = threading.Lock()
@@ -185,10 +199,13 @@ class Lease(Generic[CT]):
                 if pool._idle and pool._plain_checkout and not pool._closed:
                     rec = pool._idle.pop()
                     rec.uses += 1
+                    rec.checked_out = _monotonic()
                     pool._in_use += 1
+                    # No wait: its 0 s counts in the first bucket, as the
+                    # checkouts that _lend did not record (see Pool.stats).
                     pool._checkouts += 1
             if rec is None:
-                rec = pool._acquire(self._timeout)
+                rec = pool._acquire(self._timeout, _monotonic())
             state.rec = rec
             state.doomed = False
         state.depth += 1
@@ -222,11 +239,19 @@ class Lease(Generic[CT]):
             # Pool._release does it all; the commonest case is inlined here.
             # A closed or forked pool has a new epoch, so its connections
             # never take this path.
+            used = _monotonic() - rec.checked_out
             with pool._lock:
                 if rec.epoch == pool._epoch and not pool._waiters and pool._size <= pool._max_size:
                     pool._in_use -= 1
+                    # Most uses are short: skip the bisection for the first bucket.
+                    pool._use_counts[
+                        0 if used <= _FIRST_BOUND else _bucket(BUCKET_BOUNDS, used)
+                    ] += 1
+                    pool._use_sum += used
                     pool._idle.append(rec)
                     return
+            pool._release(rec, False, rec.checked_out + used)
+            return
         pool._release(rec, state.doomed)
 
 
@@ -379,6 +404,7 @@ class Pool(Generic[CT]):
         self._vet = check is not None or max_lifetime is not None
         # ...a plain checkout is "pop the idle stack and count"...
         self._plain_checkout = not self._vet and leak_timeout is None
+        self._plain_checkout_option = self._plain_checkout  # without listeners
         # ...a returning connection needs the clock only for these...
         self._timed = max_lifetime is not None or max_idle is not None
         # ...and a plain return is "push it on the idle stack and count".
@@ -389,7 +415,9 @@ class Pool(Generic[CT]):
             and max_uses is None
             and leak_timeout is None
         )
+        self._plain_return_option = self._plain_return
 
+        self._listeners: tuple[TimingListener, ...] = ()
         self._lock = threading.Lock()
         self._init_state()
         self._closed = False
@@ -420,6 +448,22 @@ class Pool(Generic[CT]):
         self._probing = False
         self._last_error: Optional[BaseException] = None
         self._unavailable = 0
+        # Histograms: per-bucket counts over BUCKET_BOUNDS (one more than the
+        # bounds: the last is "longer") and the sum of the values, in seconds.
+        buckets = len(BUCKET_BOUNDS) + 1
+        self._wait_counts = [0] * buckets
+        self._wait_sum = 0.0
+        self._timed_checkouts = 0  # those _lend recorded; the others waited 0 s
+        self._use_counts = [0] * buckets
+        self._use_sum = 0.0
+        self._create_counts = [0] * buckets
+        self._create_sum = 0.0
+        # (when, wait_time, use_time) snapshots, the older first: what the
+        # recent figures of a PoolTimeout message are counted from.
+        empty = Histogram.of_counts(self._wait_counts, 0.0)
+        self._marks: deque[tuple[float, Histogram, Histogram]] = deque(
+            [(_monotonic(), empty, empty)], maxlen=2
+        )
 
     # -- public API ----------------------------------------------------------
 
@@ -453,6 +497,36 @@ class Pool(Generic[CT]):
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout, allow_zero=True, optional=False)
         return Lease(self, timeout)
+
+    def add_timing_listener(self, listener: TimingListener) -> None:
+        """Call ``listener(metric, seconds)`` with every value the pool's
+        histograms record, ``metric`` being ``"wait_time"``, ``"use_time"`` or
+        ``"create_time"`` (the :class:`PoolStats` fields).
+
+        It runs in the thread that checked out, returned or connected, after
+        the pool's lock is released, so it must be quick and thread-safe (an
+        exporter's ``Histogram.record``). If it raises, the error is logged and
+        the listener removed. Adding one already added does nothing.
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {listener!r}")
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners = (*self._listeners, listener)
+            self._set_plain_paths()
+
+    def remove_timing_listener(self, listener: TimingListener) -> None:
+        """Stop calling a listener added by :meth:`add_timing_listener`; one
+        that is not there is ignored."""
+        with self._lock:
+            self._listeners = tuple(x for x in self._listeners if x != listener)
+            self._set_plain_paths()
+
+    def _set_plain_paths(self) -> None:
+        # Under the lock: the inlined paths in Lease call no listener, so a
+        # pool with listeners takes the full ones.
+        self._plain_checkout = self._plain_checkout_option and not self._listeners
+        self._plain_return = self._plain_return_option and not self._listeners
 
     def open(self, wait: bool = False) -> None:
         """Open the pool and fill it to ``min_size``; reopen it if it was closed.
@@ -549,6 +623,7 @@ class Pool(Generic[CT]):
         with self._lock:
             if self._closed:
                 return
+            self._mark_recent(now)
             expired: list[_Conn] = []
             keep: list[_Conn] = []
             open_count = self._size
@@ -648,6 +723,9 @@ class Pool(Generic[CT]):
                     if self._retry_at is None
                     else "half-open" if self._probing else "open"
                 ),
+                wait_time=self._wait_time(),
+                use_time=Histogram.of_counts(self._use_counts, self._use_sum),
+                create_time=Histogram.of_counts(self._create_counts, self._create_sum),
             )
 
     def __enter__(self) -> Pool[CT]:
@@ -671,8 +749,9 @@ class Pool(Generic[CT]):
 
     # -- checkout ------------------------------------------------------------
 
-    def _acquire(self, timeout: Optional[float]) -> _Conn:
-        """Check a connection out for the calling thread (lent and counted)."""
+    def _acquire(self, timeout: Optional[float], since: float) -> _Conn:
+        """Check a connection out for the calling thread (lent and counted);
+        ``since`` is when its ``get()`` began."""
         vet = False
         waiter = None
         with self._lock:
@@ -684,7 +763,7 @@ class Pool(Generic[CT]):
                     vet = True
                     self._pending += 1
                 else:
-                    self._lend(rec)  # type: ignore[arg-type]
+                    self._lend(rec, since, since)  # type: ignore[arg-type]
             elif self._size < self._max_size:
                 rec = self._hand_slot_to_self()
             elif self._max_waiting and len(self._waiters) >= self._max_waiting:
@@ -694,23 +773,79 @@ class Pool(Generic[CT]):
                     f"(max_waiting={self._max_waiting}, max_size={self._max_size})"
                 )
             else:
-                waiter = _Waiter()
+                waiter = _Waiter(since)
                 self._waiters.append(waiter)
         if waiter is not None:
             rec = self._wait(waiter, self._timeout if timeout is None else timeout)
         if rec is _CREATE:
-            rec = self._open_lent()
+            rec = self._open_lent(since)
         elif vet:
-            rec = self._vetted(rec)  # type: ignore[arg-type]
+            rec = self._vetted(rec, since)  # type: ignore[arg-type]
         if self._leak_timeout is not None:
             self._track(rec)  # type: ignore[arg-type]
+        if self._listeners:
+            # The very difference _lend recorded.
+            self._notify("wait_time", rec.checked_out - since)  # type: ignore[union-attr]
         return rec  # type: ignore[return-value]
 
-    def _lend(self, rec: _Conn) -> None:
-        # Under the lock.
+    def _lend(self, rec: _Conn, since: float, now: float) -> None:
+        # Under the lock: lend ``rec`` at ``now`` to a get() begun at ``since``.
         rec.uses += 1
+        rec.checked_out = now
         self._in_use += 1
         self._checkouts += 1
+        waited = now - since
+        self._wait_counts[_bucket(BUCKET_BOUNDS, waited)] += 1
+        self._wait_sum += waited
+        self._timed_checkouts += 1
+
+    def _notify(self, metric: str, seconds: float) -> None:
+        """Pass a recorded value to the timing listeners (without the lock)."""
+        for listener in self._listeners:
+            try:
+                listener(metric, seconds)
+            except Exception:
+                self.remove_timing_listener(listener)
+                logger.warning(
+                    "pool %r: timing listener %r raised; removed", self._name, listener,
+                    exc_info=True,
+                )
+
+    def _wait_time(self) -> Histogram:
+        # Under the lock: the checkouts Lease inlined waited 0 s.
+        counts = list(self._wait_counts)
+        counts[0] += self._checkouts - self._timed_checkouts
+        return Histogram.of_counts(counts, self._wait_sum)
+
+    def _mark_recent(self, now: float) -> None:
+        # Under the lock: start a new stretch of "recent" history when the
+        # newest mark is RECENT_SECONDS old, so that the older mark, which the
+        # recent figures count from, is 1 to 2 RECENT_SECONDS old when
+        # maintain() runs regularly (the plugin runs it every 10 s).
+        if now - self._marks[-1][0] >= RECENT_SECONDS:
+            self._marks.append(
+                (
+                    now,
+                    self._wait_time(),
+                    Histogram.of_counts(self._use_counts, self._use_sum),
+                )
+            )
+
+    def _recent(self, now: float) -> str:
+        """Under the lock: the recent wait p99 and mean use, for a PoolTimeout."""
+        since, wait_mark, use_mark = self._marks[0]
+        waits = self._wait_time().since(wait_mark)
+        uses = Histogram.of_counts(self._use_counts, self._use_sum).since(use_mark)
+        p99 = waits.quantile(0.99)
+        mean = uses.mean
+        return (
+            f"in the last {now - since:.0f} s: "
+            + (f"wait p99 {p99:.3g} s over {waits.count} checkout(s)" if p99 is not None
+               else "no checkout")
+            + ", "
+            + (f"mean use {mean:.3g} s over {uses.count} return(s)" if mean is not None
+               else "no connection returned")
+        )
 
     def _hand_slot_to_self(self) -> _Sentinel:
         # Under the lock: reserve a slot for a connection the caller will open.
@@ -732,7 +867,7 @@ class Pool(Generic[CT]):
         # waiter to wake.
         if self._waiters:
             waiter = self._waiters.popleft()
-            self._lend(rec)
+            self._lend(rec, waiter.since, now)
             waiter.result = rec
             return waiter
         rec.last_used = now
@@ -752,6 +887,9 @@ class Pool(Generic[CT]):
                     self._timeouts += 1
                     waiting = len(self._waiters)
                     in_use = self._in_use
+                    now = _monotonic()
+                    self._mark_recent(now)
+                    recent = self._recent(now)
                     served = False
                 else:
                     served = True  # served just as the wait ran out
@@ -759,7 +897,7 @@ class Pool(Generic[CT]):
                 raise PoolTimeout(
                     f"pool {self._name!r}: no connection available within {timeout:g} s "
                     f"(max_size={self._max_size}, in_use={in_use}, "
-                    f"{waiting} other caller(s) waiting)"
+                    f"{waiting} other caller(s) waiting); {recent}"
                 )
         result = waiter.result
         assert result is not None
@@ -779,8 +917,9 @@ class Pool(Generic[CT]):
         elif result is _CREATE:
             self._give_up_slot()
 
-    def _open_lent(self) -> _Conn:
-        """Open a connection in a slot this thread reserved, and lend it."""
+    def _open_lent(self, since: float) -> _Conn:
+        """Open a connection in a slot this thread reserved, and lend it to the
+        get() begun at ``since``."""
         try:
             rec = self._connect()
         except BaseException:
@@ -790,7 +929,7 @@ class Pool(Generic[CT]):
             self._pending -= 1
             if not self._closed:
                 rec.epoch = self._epoch
-                self._lend(rec)
+                self._lend(rec, since, rec.created)
                 return rec
             self._discarded += 1
             waiter = self._free_slot()
@@ -825,14 +964,18 @@ class Pool(Generic[CT]):
                 f"failing fast until the next attempt in {max(0.0, retry_at - now):.2f} s "
                 f"(last error: {last_error!r})"
             ) from last_error
+        start = _monotonic()
         try:
             conn = self._factory(*self._args, **self._kwargs)
         except BaseException as exc:
             self._connect_failed(exc)
             raise
         rec = _Conn(conn, _monotonic(), self._pid)
+        took = rec.created - start
         with self._lock:
             self._created += 1
+            self._create_counts[_bucket(BUCKET_BOUNDS, took)] += 1
+            self._create_sum += took
             recovered = self._retry_at is not None
             self._failures = 0
             self._retry_at = None
@@ -840,6 +983,8 @@ class Pool(Generic[CT]):
             self._last_error = None
         if recovered:
             logger.warning("pool %r: connecting works again; circuit closed", self._name)
+        if self._listeners:
+            self._notify("create_time", took)
         return rec
 
     def _connect_failed(self, exc: BaseException) -> None:
@@ -875,8 +1020,9 @@ class Pool(Generic[CT]):
         if waiter is not None:
             waiter.lock.release()
 
-    def _vetted(self, rec: _Conn) -> _Conn:
-        """An idle connection, taken out with a pending slot: check it, lend it."""
+    def _vetted(self, rec: _Conn, since: float) -> _Conn:
+        """An idle connection, taken out with a pending slot: check it, lend it
+        to the get() begun at ``since``."""
         reason = None
         if self._max_lifetime is not None and _monotonic() - rec.created >= self._max_lifetime:
             reason = "max_lifetime reached"
@@ -894,10 +1040,11 @@ class Pool(Generic[CT]):
                 self._give_up_slot()
                 raise
         if reason is None:
+            now = _monotonic()
             with self._lock:
                 self._pending -= 1
                 if not self._closed:
-                    self._lend(rec)
+                    self._lend(rec, since, now)
                     return rec
                 self._discarded += 1
                 waiter = self._free_slot()
@@ -909,11 +1056,11 @@ class Pool(Generic[CT]):
             self._discarded += 1
         self._dispose(rec)
         # The slot is still ours (pending): open a fresh connection in it.
-        return self._open_lent()
+        return self._open_lent(since)
 
     def _track(self, rec: _Conn) -> None:
-        """Note when and where a connection was checked out (leak_timeout set)."""
-        rec.checked_out = _monotonic()
+        """Note where a connection was checked out (leak_timeout set; _lend
+        noted when)."""
         rec.leak_reported = False
         rec.stack = traceback.StackSummary.extract(
             traceback.walk_stack(sys._getframe(3)), limit=40, lookup_lines=False
@@ -936,10 +1083,14 @@ class Pool(Generic[CT]):
             )
             return True
 
-    def _release(self, rec: _Conn, doomed: bool) -> None:
-        """Give back a connection lent by :meth:`_acquire`."""
+    def _release(self, rec: _Conn, doomed: bool, now: Optional[float] = None) -> None:
+        """Give back a connection lent by :meth:`_acquire`, returned at ``now``
+        (by default, now)."""
         if rec.pid != self._pid:
             return  # inherited from the parent process: neither ours to count nor to close
+        if now is None:
+            now = _monotonic()
+        used = now - rec.checked_out
         if not doomed:
             if self._reset is not None:
                 try:
@@ -951,16 +1102,17 @@ class Pool(Generic[CT]):
                     )
                     doomed = True
                 except BaseException:
-                    self._release(rec, True)  # interrupted: dispose of it, free the slot
+                    self._release(rec, True, now)  # interrupted: dispose of it, free the slot
                     raise
             if not doomed:
                 if self._broken is None:
                     doomed = rec.has_closed and _reports_closed(rec.conn)
                 else:
                     doomed = self._is_broken(rec, None)
-        now = _monotonic() if self._timed else 0.0
         with self._lock:
             self._in_use -= 1
+            self._use_counts[_bucket(BUCKET_BOUNDS, used)] += 1
+            self._use_sum += used
             if self._leak_timeout is not None:
                 self._lent.discard(rec)
             if (
@@ -991,6 +1143,8 @@ class Pool(Generic[CT]):
         finally:
             if waiter is not None:
                 waiter.lock.release()
+        if self._listeners:
+            self._notify("use_time", used)
 
     def _free_slot(self) -> Optional[_Waiter]:
         """Under the lock: a slot was vacated. Hand it to the longest waiter
