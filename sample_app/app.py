@@ -25,6 +25,7 @@ from . import store
 from .api import (
     DEFAULT_MAX_BODY,
     DocsAPI,
+    MetricsAPI,
     StatusAPI,
     json_error_page,
     read_docs_request,
@@ -106,7 +107,7 @@ class SampleApp:
         self.config = app_config(max_body)
         self.history = PoolHistory(self.bus, seconds=history_seconds, interval=sample_interval)
         self.schema = SchemaPlugin(self.bus)
-        self.root = Root(DocsAPI(), StatusAPI(self.history))
+        self.root = Root(DocsAPI(), StatusAPI(self.history), MetricsAPI(self.bus))
 
     def mount(
         self, script_name: str = "", config: Optional[Union[str, dict[str, Any]]] = None
