@@ -838,14 +838,17 @@ class Pool(Generic[CT]):
         uses = Histogram.of_counts(self._use_counts, self._use_sum).since(use_mark)
         p99 = waits.quantile(0.99)
         mean = uses.mean
-        return (
-            f"in the last {now - since:.0f} s: "
-            + (f"wait p99 {p99:.3g} s over {waits.count} checkout(s)" if p99 is not None
-               else "no checkout")
-            + ", "
-            + (f"mean use {mean:.3g} s over {uses.count} return(s)" if mean is not None
-               else "no connection returned")
+        wait = (
+            "no checkout"
+            if p99 is None
+            else f"wait p99 {p99:.3g} s over {waits.count} checkout(s)"
         )
+        use = (
+            "no connection returned"
+            if mean is None
+            else f"mean use {mean:.3g} s over {uses.count} return(s)"
+        )
+        return f"in the last {now - since:.0f} s: {wait}, {use}"
 
     def _hand_slot_to_self(self) -> _Sentinel:
         # Under the lock: reserve a slot for a connection the caller will open.
