@@ -201,8 +201,8 @@ class Lease(Generic[CT]):
                     rec.uses += 1
                     rec.checked_out = _monotonic()
                     pool._in_use += 1
-                    # No wait: its 0 s counts in the first bucket, as the
-                    # checkouts that _lend did not record (see Pool.stats).
+                    # No wait: its 0 s is counted in the first bucket by
+                    # Pool._wait_time.
                     pool._checkouts += 1
             if rec is None:
                 rec = pool._acquire(self._timeout, _monotonic())
@@ -243,10 +243,9 @@ class Lease(Generic[CT]):
             with pool._lock:
                 if rec.epoch == pool._epoch and not pool._waiters and pool._size <= pool._max_size:
                     pool._in_use -= 1
-                    # Most uses are short: skip the bisection for the first bucket.
-                    pool._use_counts[
-                        0 if used <= _FIRST_BOUND else _bucket(BUCKET_BOUNDS, used)
-                    ] += 1
+                    # A use in the first bucket is counted there by Pool._use_time.
+                    if used > _FIRST_BOUND:
+                        pool._use_counts[_bucket(BUCKET_BOUNDS, used)] += 1
                     pool._use_sum += used
                     pool._idle.append(rec)
                     return
@@ -450,10 +449,11 @@ class Pool(Generic[CT]):
         self._unavailable = 0
         # Histograms: per-bucket counts over BUCKET_BOUNDS (one more than the
         # bounds: the last is "longer") and the sum of the values, in seconds.
+        # The hot paths in Lease leave some first-bucket counts implicit: see
+        # _wait_time and _use_time, the only readers.
         buckets = len(BUCKET_BOUNDS) + 1
         self._wait_counts = [0] * buckets
         self._wait_sum = 0.0
-        self._timed_checkouts = 0  # those _lend recorded; the others waited 0 s
         self._use_counts = [0] * buckets
         self._use_sum = 0.0
         self._create_counts = [0] * buckets
@@ -724,7 +724,7 @@ class Pool(Generic[CT]):
                     else "half-open" if self._probing else "open"
                 ),
                 wait_time=self._wait_time(),
-                use_time=Histogram.of_counts(self._use_counts, self._use_sum),
+                use_time=self._use_time(),
                 create_time=Histogram.of_counts(self._create_counts, self._create_sum),
             )
 
@@ -797,7 +797,6 @@ class Pool(Generic[CT]):
         waited = now - since
         self._wait_counts[_bucket(BUCKET_BOUNDS, waited)] += 1
         self._wait_sum += waited
-        self._timed_checkouts += 1
 
     def _notify(self, metric: str, seconds: float) -> None:
         """Pass a recorded value to the timing listeners (without the lock)."""
@@ -812,10 +811,19 @@ class Pool(Generic[CT]):
                 )
 
     def _wait_time(self) -> Histogram:
-        # Under the lock: the checkouts Lease inlined waited 0 s.
+        # Under the lock. The checkouts Lease inlined are not in the counts:
+        # they waited 0 s, in the first bucket.
         counts = list(self._wait_counts)
-        counts[0] += self._checkouts - self._timed_checkouts
+        counts[0] += self._checkouts - sum(counts)
         return Histogram.of_counts(counts, self._wait_sum)
+
+    def _use_time(self) -> Histogram:
+        # Under the lock. Every checkout not in use now was returned, and the
+        # returns Lease inlined that fell in the first bucket are not in the
+        # counts.
+        counts = list(self._use_counts)
+        counts[0] += self._checkouts - self._in_use - sum(counts)
+        return Histogram.of_counts(counts, self._use_sum)
 
     def _mark_recent(self, now: float) -> None:
         # Under the lock: start a new stretch of "recent" history when the
@@ -827,7 +835,7 @@ class Pool(Generic[CT]):
                 (
                     now,
                     self._wait_time(),
-                    Histogram.of_counts(self._use_counts, self._use_sum),
+                    self._use_time(),
                 )
             )
 
@@ -835,7 +843,7 @@ class Pool(Generic[CT]):
         """Under the lock: the recent wait p99 and mean use, for a PoolTimeout."""
         since, wait_mark, use_mark = self._marks[0]
         waits = self._wait_time().since(wait_mark)
-        uses = Histogram.of_counts(self._use_counts, self._use_sum).since(use_mark)
+        uses = self._use_time().since(use_mark)
         p99 = waits.quantile(0.99)
         mean = uses.mean
         wait = (
