@@ -6,9 +6,10 @@ background thread reads each pool's :meth:`~poodle_cherrypy.Pool.stats` every
 status page draws it, so the chart has its history as soon as it loads.
 
 Each sample also keeps the 99th percentile of the waits for a connection
-since the previous sample (``wait_time_p99``, seconds, None when no checkout
-happened in between), from the pool's wait-time histogram: an estimate
-within the bucket, see :meth:`poodle_cherrypy.Histogram.quantile`.
+since the previous sample (the first: since the pool was made), as
+``wait_time_p99``, in seconds, None when no checkout happened in between.
+It comes from the pool's wait-time histogram: an estimate within the
+bucket, see :meth:`poodle_cherrypy.Histogram.quantile`.
 """
 
 from __future__ import annotations
