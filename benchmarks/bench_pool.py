@@ -39,7 +39,8 @@ Two scenarios, each printed as a table:
    straight back starves the others: their one wait lasts the whole slice.
 
 Then one line per poodle target says whether it held in this run: one
-thread at most 1.0x the LifoQueue; no starved thread (every thread's count
+thread at most 1.0x the LifoQueue, and at most 0.85x (the pool's timing
+histograms are always on: this is the cost they may add); no starved thread (every thread's count
 within 20% of the mean); a max wait no worse than psycopg_pool's; a
 throughput at least psycopg_pool's. Missed targets are reported, not failed:
 on a shared machine a single run can miss by noise, so compare several runs.
@@ -78,6 +79,10 @@ THREADS_HEADER = "Scenario 2: threads sharing connections, sleep(0) inside the b
 #: The largest deviation of a thread's cycle count from the mean that still
 #: counts as fair, for the "no starved thread" target.
 FAIR_SPREAD = 0.20
+
+#: The one-thread target with the pool timing every checkout and return
+#: (issue 12): the wait, use and connect-time histograms are always on.
+TIMED_RATIO = 0.85
 
 
 # -- stand-in connections: no server, no I/O ---------------------------------
@@ -545,6 +550,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(
             f"target, one thread, poodle <= 1.00x LifoQueue: {_verdict(ratio <= 1.0)} "
             f"({ratio:.2f}x)"
+        )
+        print(
+            f"target, one thread, poodle with its timing histograms <= "
+            f"{TIMED_RATIO:.2f}x LifoQueue: {_verdict(ratio <= TIMED_RATIO)} ({ratio:.2f}x)"
         )
     p = results["poodle"]
     print(

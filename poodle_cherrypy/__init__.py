@@ -23,10 +23,12 @@ import cherrypy
 from .errors import PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
 from .plugin import ConfigNamespace, PoodlePlugin, get_pool
 from .pool import Lease, Pool, is_broken
-from .stats import PoolStats
+from .stats import BUCKET_BOUNDS, Histogram, PoolStats
 from .tool import PoodleTool
 
 __all__ = [
+    "BUCKET_BOUNDS",
+    "Histogram",
     "Lease",
     "PoodlePlugin",
     "PoodleTool",

@@ -18,10 +18,14 @@ How it stays correct and fast:
 - A thread's nested ``get()`` yields the connection it already holds.
 - ``os.register_at_fork`` resets every pool in a child process, dropping the
   parent's connections without closing them, at no cost on the hot path.
+- Timing costs one clock reading per checkout and one per return: a checkout
+  served at once from the idle stack records a wait of 0, and the histograms
+  are plain counters bumped under the lock the pool takes anyway.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
@@ -38,7 +42,7 @@ from types import TracebackType
 from typing import Any, Generic, Optional, TypeVar, Union
 
 from .errors import PoolClosed, PoolTimeout, PoolUnavailable, TooManyWaiters
-from .stats import PoolStats
+from .stats import BUCKET_BOUNDS, Histogram, PoolStats
 
 __all__ = ["Lease", "Pool", "is_broken"]
 
@@ -47,7 +51,16 @@ CT = TypeVar("CT")
 logger = logging.getLogger("poodle_cherrypy")
 
 _monotonic = time.monotonic
+_bucket = bisect.bisect_left
+_FIRST_BOUND = BUCKET_BOUNDS[0]
 _names = itertools.count(1)
+
+#: Seconds of history the "recent" figures of a PoolTimeout message cover at
+#: least (up to twice as much: see Pool._mark_recent).
+RECENT_SECONDS = 60.0
+
+#: A timing listener: called as ``listener(metric, seconds)``.
+TimingListener = Callable[[str, float], object]
 
 #: Exception class names (anywhere in the MRO) that mean "this connection is
 #: gone": DB-API's OperationalError and InterfaceError, and the
@@ -129,9 +142,10 @@ _CLOSED = _Sentinel("CLOSED")  # the pool closed while you waited
 
 
 class _Waiter:
-    __slots__ = ("lock", "result")
+    __slots__ = ("lock", "result", "since")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
+        self.since = since  # when its get() began: the start of its wait
         # Acquired now, released by whoever serves this waiter: the cheapest
         # one-shot wake-up the threading module has.
         self.lock = threading.Lock()
@@ -185,10 +199,13 @@ class Lease(Generic[CT]):
                 if pool._idle and pool._plain_checkout and not pool._closed:
                     rec = pool._idle.pop()
                     rec.uses += 1
+                    rec.checked_out = _monotonic()
                     pool._in_use += 1
+                    # No wait: its 0 s is counted in the first bucket by
+                    # Pool._wait_time.
                     pool._checkouts += 1
             if rec is None:
-                rec = pool._acquire(self._timeout)
+                rec = pool._acquire(self._timeout, _monotonic())
             state.rec = rec
             state.doomed = False
         state.depth += 1
@@ -222,11 +239,18 @@ class Lease(Generic[CT]):
             # Pool._release does it all; the commonest case is inlined here.
             # A closed or forked pool has a new epoch, so its connections
             # never take this path.
+            used = _monotonic() - rec.checked_out
             with pool._lock:
                 if rec.epoch == pool._epoch and not pool._waiters and pool._size <= pool._max_size:
                     pool._in_use -= 1
+                    # A use in the first bucket is counted there by Pool._use_time.
+                    if used > _FIRST_BOUND:
+                        pool._use_counts[_bucket(BUCKET_BOUNDS, used)] += 1
+                    pool._use_sum += used
                     pool._idle.append(rec)
                     return
+            pool._release(rec, False, rec.checked_out + used)
+            return
         pool._release(rec, state.doomed)
 
 
@@ -420,6 +444,7 @@ class Pool(Generic[CT]):
         self._vet = check is not None or max_lifetime is not None
         # ...a plain checkout is "pop the idle stack and count"...
         self._plain_checkout = not self._vet and leak_timeout is None
+        self._plain_checkout_option = self._plain_checkout  # without listeners
         # ...a returning connection needs the clock only for these (check_after
         # and keepalive read the time it came back)...
         self._timed = (
@@ -435,7 +460,9 @@ class Pool(Generic[CT]):
             and max_uses is None
             and leak_timeout is None
         )
+        self._plain_return_option = self._plain_return
 
+        self._listeners: tuple[TimingListener, ...] = ()
         self._lock = threading.Lock()
         self._init_state()
         self._closed = False
@@ -469,6 +496,23 @@ class Pool(Generic[CT]):
         self._last_error: Optional[BaseException] = None
         self._unavailable = 0
         self._prober = False  # a probe thread runs (probe_interval set, circuit open)
+        # Histograms: per-bucket counts over BUCKET_BOUNDS (one more than the
+        # bounds: the last is "longer") and the sum of the values, in seconds.
+        # The hot paths in Lease leave some first-bucket counts implicit: see
+        # _wait_time and _use_time, the only readers.
+        buckets = len(BUCKET_BOUNDS) + 1
+        self._wait_counts = [0] * buckets
+        self._wait_sum = 0.0
+        self._use_counts = [0] * buckets
+        self._use_sum = 0.0
+        self._create_counts = [0] * buckets
+        self._create_sum = 0.0
+        # (when, wait_time, use_time) snapshots, the older first: what the
+        # recent figures of a PoolTimeout message are counted from.
+        empty = Histogram.of_counts(self._wait_counts, 0.0)
+        self._marks: deque[tuple[float, Histogram, Histogram]] = deque(
+            [(_monotonic(), empty, empty)], maxlen=2
+        )
 
     # -- public API ----------------------------------------------------------
 
@@ -502,6 +546,36 @@ class Pool(Generic[CT]):
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout, allow_zero=True, optional=False)
         return Lease(self, timeout)
+
+    def add_timing_listener(self, listener: TimingListener) -> None:
+        """Call ``listener(metric, seconds)`` with every value the pool's
+        histograms record, ``metric`` being ``"wait_time"``, ``"use_time"`` or
+        ``"create_time"`` (the :class:`PoolStats` fields).
+
+        It runs in the thread that checked out, returned or connected, after
+        the pool's lock is released, so it must be quick and thread-safe (an
+        exporter's ``Histogram.record``). If it raises, the error is logged and
+        the listener removed. Adding one already added does nothing.
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {listener!r}")
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners = (*self._listeners, listener)
+            self._set_plain_paths()
+
+    def remove_timing_listener(self, listener: TimingListener) -> None:
+        """Stop calling a listener added by :meth:`add_timing_listener`; one
+        that is not there is ignored."""
+        with self._lock:
+            self._listeners = tuple(x for x in self._listeners if x != listener)
+            self._set_plain_paths()
+
+    def _set_plain_paths(self) -> None:
+        # Under the lock: the inlined paths in Lease call no listener, so a
+        # pool with listeners takes the full ones.
+        self._plain_checkout = self._plain_checkout_option and not self._listeners
+        self._plain_return = self._plain_return_option and not self._listeners
 
     def open(self, wait: bool = False, *, fill: bool = True) -> None:
         """Open the pool and fill it to ``min_size``; reopen it if it was closed.
@@ -624,6 +698,7 @@ class Pool(Generic[CT]):
         with self._lock:
             if self._closed:
                 return
+            self._mark_recent(now)
             expired: list[_Conn] = []
             keep: list[_Conn] = []
             probe: list[_Conn] = []
@@ -760,6 +835,9 @@ class Pool(Generic[CT]):
                     if self._retry_at is None
                     else "half-open" if self._probing else "open"
                 ),
+                wait_time=self._wait_time(),
+                use_time=self._use_time(),
+                create_time=Histogram.of_counts(self._create_counts, self._create_sum),
             )
 
     def __enter__(self) -> Pool[CT]:
@@ -783,21 +861,21 @@ class Pool(Generic[CT]):
 
     # -- checkout ------------------------------------------------------------
 
-    def _acquire(self, timeout: Optional[float]) -> _Conn:
-        """Check a connection out for the calling thread (lent and counted)."""
+    def _acquire(self, timeout: Optional[float], since: float) -> _Conn:
+        """Check a connection out for the calling thread (lent and counted);
+        ``since`` is when its ``get()`` began."""
         vet = False
         waiter = None
-        now = _monotonic() if self._vet else 0.0
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self._name!r} is closed")
             if self._idle:
                 rec: Union[_Conn, _Sentinel, None] = self._idle.pop()
-                if self._vet and self._needs_vetting(rec, now):  # type: ignore[arg-type]
+                if self._vet and self._needs_vetting(rec, since):  # type: ignore[arg-type]
                     vet = True
                     self._pending += 1
                 else:
-                    self._lend(rec)  # type: ignore[arg-type]
+                    self._lend(rec, since, since)  # type: ignore[arg-type]
             elif self._size < self._max_size:
                 rec = self._hand_slot_to_self()
             elif self._max_waiting and len(self._waiters) >= self._max_waiting:
@@ -807,23 +885,90 @@ class Pool(Generic[CT]):
                     f"(max_waiting={self._max_waiting}, max_size={self._max_size})"
                 )
             else:
-                waiter = _Waiter()
+                waiter = _Waiter(since)
                 self._waiters.append(waiter)
         if waiter is not None:
             rec = self._wait(waiter, self._timeout if timeout is None else timeout)
         if rec is _CREATE:
-            rec = self._open_lent()
+            rec = self._open_lent(since)
         elif vet:
-            rec = self._vetted(rec, now)  # type: ignore[arg-type]
+            rec = self._vetted(rec, since)  # type: ignore[arg-type]
         if self._leak_timeout is not None:
             self._track(rec)  # type: ignore[arg-type]
+        if self._listeners:
+            # The very difference _lend recorded.
+            self._notify("wait_time", rec.checked_out - since)  # type: ignore[union-attr]
         return rec  # type: ignore[return-value]
 
-    def _lend(self, rec: _Conn) -> None:
-        # Under the lock.
+    def _lend(self, rec: _Conn, since: float, now: float) -> None:
+        # Under the lock: lend ``rec`` at ``now`` to a get() begun at ``since``.
         rec.uses += 1
+        rec.checked_out = now
         self._in_use += 1
         self._checkouts += 1
+        waited = now - since
+        self._wait_counts[_bucket(BUCKET_BOUNDS, waited)] += 1
+        self._wait_sum += waited
+
+    def _notify(self, metric: str, seconds: float) -> None:
+        """Pass a recorded value to the timing listeners (without the lock)."""
+        for listener in self._listeners:
+            try:
+                listener(metric, seconds)
+            except Exception:
+                self.remove_timing_listener(listener)
+                logger.warning(
+                    "pool %r: timing listener %r raised; removed", self._name, listener,
+                    exc_info=True,
+                )
+
+    def _wait_time(self) -> Histogram:
+        # Under the lock. The checkouts Lease inlined are not in the counts:
+        # they waited 0 s, in the first bucket.
+        counts = list(self._wait_counts)
+        counts[0] += self._checkouts - sum(counts)
+        return Histogram.of_counts(counts, self._wait_sum)
+
+    def _use_time(self) -> Histogram:
+        # Under the lock. Every checkout not in use now was returned, and the
+        # returns Lease inlined that fell in the first bucket are not in the
+        # counts.
+        counts = list(self._use_counts)
+        counts[0] += self._checkouts - self._in_use - sum(counts)
+        return Histogram.of_counts(counts, self._use_sum)
+
+    def _mark_recent(self, now: float) -> None:
+        # Under the lock: start a new stretch of "recent" history when the
+        # newest mark is RECENT_SECONDS old, so that the older mark, which the
+        # recent figures count from, is 1 to 2 RECENT_SECONDS old when
+        # maintain() runs regularly (the plugin runs it every 10 s).
+        if now - self._marks[-1][0] >= RECENT_SECONDS:
+            self._marks.append(
+                (
+                    now,
+                    self._wait_time(),
+                    self._use_time(),
+                )
+            )
+
+    def _recent(self, now: float) -> str:
+        """Under the lock: the recent wait p99 and mean use, for a PoolTimeout."""
+        since, wait_mark, use_mark = self._marks[0]
+        waits = self._wait_time().since(wait_mark)
+        uses = self._use_time().since(use_mark)
+        p99 = waits.quantile(0.99)
+        mean = uses.mean
+        wait = (
+            "no checkout"
+            if p99 is None
+            else f"wait p99 {p99:.3g} s over {waits.count} checkout(s)"
+        )
+        use = (
+            "no connection returned"
+            if mean is None
+            else f"mean use {mean:.3g} s over {uses.count} return(s)"
+        )
+        return f"in the last {now - since:.0f} s: {wait}, {use}"
 
     def _hand_slot_to_self(self) -> _Sentinel:
         # Under the lock: reserve a slot for a connection the caller will open.
@@ -845,7 +990,7 @@ class Pool(Generic[CT]):
         # waiter to wake.
         if self._waiters:
             waiter = self._waiters.popleft()
-            self._lend(rec)
+            self._lend(rec, waiter.since, now)
             waiter.result = rec
             return waiter
         rec.last_used = now
@@ -865,6 +1010,9 @@ class Pool(Generic[CT]):
                     self._timeouts += 1
                     waiting = len(self._waiters)
                     in_use = self._in_use
+                    now = _monotonic()
+                    self._mark_recent(now)
+                    recent = self._recent(now)
                     served = False
                 else:
                     served = True  # served just as the wait ran out
@@ -872,7 +1020,7 @@ class Pool(Generic[CT]):
                 raise PoolTimeout(
                     f"pool {self._name!r}: no connection available within {timeout:g} s "
                     f"(max_size={self._max_size}, in_use={in_use}, "
-                    f"{waiting} other caller(s) waiting)"
+                    f"{waiting} other caller(s) waiting); {recent}"
                 )
         result = waiter.result
         assert result is not None
@@ -892,8 +1040,9 @@ class Pool(Generic[CT]):
         elif result is _CREATE:
             self._give_up_slot()
 
-    def _open_lent(self) -> _Conn:
-        """Open a connection in a slot this thread reserved, and lend it."""
+    def _open_lent(self, since: float) -> _Conn:
+        """Open a connection in a slot this thread reserved, and lend it to the
+        get() begun at ``since``."""
         try:
             rec = self._connect()
         except BaseException:
@@ -903,7 +1052,7 @@ class Pool(Generic[CT]):
             self._pending -= 1
             if not self._closed:
                 rec.epoch = self._epoch
-                self._lend(rec)
+                self._lend(rec, since, rec.created)
                 return rec
             self._discarded += 1
             waiter = self._free_slot()
@@ -941,12 +1090,13 @@ class Pool(Generic[CT]):
                 f"failing fast until the next attempt in {max(0.0, retry_at - now):.2f} s "
                 f"(last error: {last_error!r})"
             ) from last_error
+        start = _monotonic()
         try:
             conn = self._call_factory()
         except BaseException as exc:
             self._connect_failed(exc, probe)
             raise
-        return self._connected(conn)
+        return self._connected(conn, start)
 
     def _call_factory(self) -> CT:
         """Call the factory with the pool's arguments, the callable ones called now."""
@@ -962,18 +1112,25 @@ class Pool(Generic[CT]):
             )
         return self._factory(*args, **kwargs)
 
-    def _connected(self, conn: CT) -> _Conn:
-        """A factory call succeeded: wrap the connection, close the circuit."""
+    def _connected(self, conn: CT, start: float) -> _Conn:
+        """A factory call begun at ``start`` succeeded: wrap the connection,
+        close the circuit."""
         rec = _Conn(conn, _monotonic(), self._pid)
+        took = rec.created - start
         with self._lock:
-            recovered = self._close_circuit()
+            recovered = self._close_circuit(took)
         if recovered:
             logger.warning("pool %r: connecting works again; circuit closed", self._name)
+        if self._listeners:
+            self._notify("create_time", took)
         return rec
 
-    def _close_circuit(self) -> bool:
-        """Under the lock: a connect succeeded. Whether the circuit was open."""
+    def _close_circuit(self, took: float) -> bool:
+        """Under the lock: a connect that took ``took`` seconds succeeded.
+        Whether the circuit was open."""
         self._created += 1
+        self._create_counts[_bucket(BUCKET_BOUNDS, took)] += 1
+        self._create_sum += took
         recovered = self._retry_at is not None
         self._failures = 0
         self._retry_at = None
@@ -1052,25 +1209,27 @@ class Pool(Generic[CT]):
                 if delay > 0:
                     time.sleep(min(delay, self._probe_interval * 1.25))
                     continue
+                start = _monotonic()
                 try:
                     conn = self._call_factory()
                 except Exception as exc:
                     self._connect_failed(exc, probe=True)
                     continue
-                self._adopt(conn)
+                self._adopt(conn, start)
         except BaseException:
             with self._lock:
                 self._prober = False
                 self._probing = False
             raise
 
-    def _adopt(self, conn: CT) -> None:
-        """A probe's connection, opened outside any slot: close the circuit and
-        keep it if a slot is free, in one step (so that no caller opens another
-        one meanwhile)."""
+    def _adopt(self, conn: CT, start: float) -> None:
+        """A probe's connection, its connect begun at ``start``, opened outside
+        any slot: close the circuit and keep it if a slot is free, in one step
+        (so that no caller opens another one meanwhile)."""
         rec = _Conn(conn, _monotonic(), self._pid)
+        took = rec.created - start
         with self._lock:
-            self._close_circuit()
+            self._close_circuit(took)
             keep = not self._closed and self._size < self._max_size
             if keep:
                 self._size += 1
@@ -1080,6 +1239,8 @@ class Pool(Generic[CT]):
                 self._discarded += 1
                 waiter = None
         logger.warning("pool %r: connecting works again; circuit closed", self._name)
+        if self._listeners:
+            self._notify("create_time", took)
         if not keep:
             self._dispose(rec)
         if waiter is not None:
@@ -1122,23 +1283,25 @@ class Pool(Generic[CT]):
             and (rec.epoch != self._epoch or now - rec.last_used >= self._check_after)
         )
 
-    def _vetted(self, rec: _Conn, now: float) -> _Conn:
-        """An idle connection due vetting, taken out with a pending slot: check
-        it, lend it (or dispose of it and open another in its slot)."""
+    def _vetted(self, rec: _Conn, since: float) -> _Conn:
+        """An idle connection due vetting, taken out with a pending slot by a
+        get() begun at ``since``: check it, lend it (or dispose of it and open
+        another in its slot)."""
         reason = None
         checked = False
-        if self._max_lifetime is not None and now - rec.created >= self._max_lifetime:
+        if self._max_lifetime is not None and since - rec.created >= self._max_lifetime:
             reason = "max_lifetime reached"
         elif self._check is not None:
             reason = self._run_check(rec)
             checked = True
         if reason is None:
+            now = _monotonic()
             with self._lock:
                 self._pending -= 1
                 if not self._closed:
                     if checked:
                         rec.epoch = self._epoch  # vouched for: a suspect no more
-                    self._lend(rec)
+                    self._lend(rec, since, now)
                     return rec
                 self._discarded += 1
                 waiter = self._free_slot()
@@ -1152,7 +1315,7 @@ class Pool(Generic[CT]):
         if checked:
             self._lost(rec)
         # The slot is still ours (pending): open a fresh connection in it.
-        return self._open_lent()
+        return self._open_lent(since)
 
     def _after_keepalive_check(self, rec: _Conn, reason: Optional[str]) -> None:
         """Put back an idle connection :meth:`maintain` checked, or drop it."""
@@ -1209,8 +1372,8 @@ class Pool(Generic[CT]):
         )
 
     def _track(self, rec: _Conn) -> None:
-        """Note when and where a connection was checked out (leak_timeout set)."""
-        rec.checked_out = _monotonic()
+        """Note where a connection was checked out (leak_timeout set; _lend
+        noted when)."""
         rec.leak_reported = False
         rec.stack = traceback.StackSummary.extract(
             traceback.walk_stack(sys._getframe(3)), limit=40, lookup_lines=False
@@ -1224,10 +1387,14 @@ class Pool(Generic[CT]):
     def _is_broken(self, rec: _Conn, exc: Optional[BaseException]) -> bool:
         return self.is_broken(rec.conn, exc)
 
-    def _release(self, rec: _Conn, doomed: bool) -> None:
-        """Give back a connection lent by :meth:`_acquire`."""
+    def _release(self, rec: _Conn, doomed: bool, now: Optional[float] = None) -> None:
+        """Give back a connection lent by :meth:`_acquire`, returned at ``now``
+        (by default, now)."""
         if rec.pid != self._pid:
             return  # inherited from the parent process: neither ours to count nor to close
+        if now is None:
+            now = _monotonic()
+        used = now - rec.checked_out
         if not doomed:
             if self._reset is not None:
                 try:
@@ -1239,16 +1406,17 @@ class Pool(Generic[CT]):
                     )
                     doomed = True
                 except BaseException:
-                    self._release(rec, True)  # interrupted: dispose of it, free the slot
+                    self._release(rec, True, now)  # interrupted: dispose of it, free the slot
                     raise
             if not doomed:
                 if self._broken is None:
                     doomed = rec.has_closed and _reports_closed(rec.conn)
                 else:
                     doomed = self._is_broken(rec, None)
-        now = _monotonic() if self._timed else 0.0
         with self._lock:
             self._in_use -= 1
+            self._use_counts[_bucket(BUCKET_BOUNDS, used)] += 1
+            self._use_sum += used
             if self._leak_timeout is not None:
                 self._lent.discard(rec)
             if (
@@ -1281,6 +1449,8 @@ class Pool(Generic[CT]):
                 waiter.lock.release()
         if doomed:
             self._lost(rec)
+        if self._listeners:
+            self._notify("use_time", used)
 
     def _free_slot(self) -> Optional[_Waiter]:
         """Under the lock: a slot was vacated. Hand it to the longest waiter

@@ -14,6 +14,8 @@ request                   answer
 ``GET /docs``             ``?prefix=&limit=&after=``: ``{"rows": [{"id",
                           "rev"}...], "next": <after for the next page>|null}``
 ``GET /status``           every pool's stats and their sampled history
+``GET /metrics``          the pools' metrics for Prometheus (text exposition);
+                          501 when ``prometheus_client`` is not installed
 ========================  =====================================================
 
 Every error is JSON, ``{"error": "<name>", "reason": "<what to do>"}`` (see
@@ -28,6 +30,7 @@ from __future__ import annotations
 import html
 import http
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar, cast
@@ -44,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_BODY",
     "MAX_LIMIT",
     "DocsAPI",
+    "MetricsAPI",
     "StatusAPI",
     "expose",
     "json_error_page",
@@ -404,7 +408,11 @@ class DocsAPI:
 
 class StatusAPI:
     """``/status``: every pool's :meth:`~poodle_cherrypy.Pool.stats` and the
-    sampled history. Pool stats hold counts and names only: no DSN, no password."""
+    sampled history. Pool stats hold counts and names only: no DSN, no password.
+
+    Each pool's stats add ``"wait_time_p99"``: the 99th percentile of the
+    waits for a connection in the latest sampling interval, in seconds, or
+    null when there was no checkout then (see :class:`PoolHistory`)."""
 
     exposed = True
 
@@ -417,5 +425,44 @@ class StatusAPI:
             pools = PoodlePlugin.for_bus(self._history.bus).pools
         except LookupError:
             pools = {}
-        stats = {name: pool.stats().as_dict() for name, pool in list(pools.items())}
+        stats = {
+            name: {**pool.stats().as_dict(), "wait_time_p99": self._history.wait_time_p99(name)}
+            for name, pool in list(pools.items())
+        }
         return _answer({"pools": stats, "history": self._history.as_dict()})
+
+
+# -- /metrics ------------------------------------------------------------------
+
+
+class MetricsAPI:
+    """``/metrics``: every pool of the bus's PoodlePlugin for Prometheus, through
+    :class:`poodle_cherrypy.prometheus.PoolCollector`, each sample labelled
+    with this process's ``pid`` (several worker processes serving the app are
+    scraped apart). Answers 501 when ``prometheus_client`` is not installed:
+    ``pip install 'poodle_cherrypy[prometheus]'``."""
+
+    exposed = True
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+
+    def __call__(self, **params: Any) -> bytes:
+        _no_other_params(_single_params(params), ())
+        try:
+            from prometheus_client import CollectorRegistry
+
+            from poodle_cherrypy.prometheus import MetricsPage, PoolCollector
+        except ImportError:
+            raise cherrypy.HTTPError(
+                501,
+                "/metrics needs prometheus_client: pip install 'poodle_cherrypy[prometheus]'",
+            ) from None
+        try:
+            plugin: Any = PoodlePlugin.for_bus(self.bus)
+        except LookupError:
+            plugin = ()
+        # A registry per scrape: the pools are the plugin's at this moment.
+        registry = CollectorRegistry()
+        registry.register(PoolCollector(plugin, labels={"pid": str(os.getpid())}))
+        return MetricsPage(registry)()

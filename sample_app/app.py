@@ -26,6 +26,7 @@ from . import db, store
 from .api import (
     DEFAULT_MAX_BODY,
     DocsAPI,
+    MetricsAPI,
     StatusAPI,
     json_error_page,
     read_docs_body,
@@ -138,7 +139,9 @@ class SampleApp:
         self.config = app_config(max_body)
         self.history = PoolHistory(self.bus, seconds=history_seconds, interval=sample_interval)
         self.schema = SchemaPlugin(self.bus)
-        self.root = Root(DocsAPI(prepare=self.schema.ensure), StatusAPI(self.history))
+        self.root = Root(
+            DocsAPI(prepare=self.schema.ensure), StatusAPI(self.history), MetricsAPI(self.bus)
+        )
 
     def mount(
         self, script_name: str = "", config: Optional[Union[str, dict[str, Any]]] = None

@@ -1,7 +1,8 @@
 """The HTML page at ``/``: plain HTML, CSS and a little JavaScript from ``static/``.
 
 No build step and nothing from a CDN: the files are served as they are. The
-page talks to the JSON API (``/docs``, ``/status``) like any other client.
+page talks to the JSON API (``/docs``, ``/status``) like any other client;
+``/metrics`` is for Prometheus.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from cherrypy.lib.static import serve_file
 
-from .api import DocsAPI, StatusAPI, expose
+from .api import DocsAPI, MetricsAPI, StatusAPI, expose
 
 __all__ = ["STATIC_DIR", "Root"]
 
@@ -22,9 +23,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 class Root:
     """``/`` (the page), with the API mounted under it."""
 
-    def __init__(self, docs: DocsAPI, status: StatusAPI) -> None:
+    def __init__(self, docs: DocsAPI, status: StatusAPI, metrics: MetricsAPI) -> None:
         self.docs = docs
         self.status = status
+        self.metrics = metrics
 
     @expose
     def index(self) -> Any:

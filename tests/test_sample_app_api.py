@@ -7,7 +7,9 @@ is shown to write nothing, and to cost no connection either.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -443,15 +445,56 @@ def test_status_shows_every_pool_and_the_history(app: Any) -> None:
     status = res.json
     assert set(status["pools"]) == {"default"}
     pool = status["pools"]["default"]
+    p99 = pool.pop("wait_time_p99")
     assert pool == get_pool().stats().as_dict()
     assert (pool["in_use"], pool["max_size"], pool["checkouts"]) == (0, 4, 2)
     history = status["history"]
     assert (history["interval"], history["seconds"]) == (1.0, 300.0)
     series = history["pools"]["default"]
-    assert set(series) == {"t", "in_use", "idle", "waiting", "size", "max_size"}
+    assert set(series) == {"t", "in_use", "idle", "waiting", "size", "max_size", "wait_time_p99"}
+    # The two checkouts (the schema, the PUT) were in the last interval, or
+    # an earlier one: a p99 of seconds, or None.
+    assert p99 == series["wait_time_p99"][-1]
+    assert all(v is None or 0 <= v <= 60 for v in series["wait_time_p99"])
     assert len({len(column) for column in series.values()}) == 1
     assert series["t"] == sorted(series["t"]) and len(series["t"]) >= 2  # at start, and now
     assert (series["in_use"][-1], series["idle"][-1], series["max_size"][-1]) == (0, 1, 4)
+
+
+def test_status_wait_p99_covers_the_last_interval(app: Any) -> None:
+    app.sample.history.sample()  # the checkouts so far are behind this sample
+    put(app, "doc", {"v": 1}, status=201)
+    app.sample.history.sample()
+    first = app.get("/status").json["pools"]["default"]["wait_time_p99"]
+    assert isinstance(first, float) and 0 <= first < 60
+    app.sample.history.sample()  # no checkout since the last sample
+    assert app.get("/status").json["pools"]["default"]["wait_time_p99"] is None
+
+
+def test_metrics_for_prometheus(app: Any) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    put(app, "doc", {"v": 1}, status=201)
+    res = app.get("/metrics", status=200)
+    assert res.content_type == "text/plain"
+    got = {
+        (s.name, s.labels.get("state")): (s.labels, s.value)
+        for f in text_string_to_metric_families(res.text)
+        for s in f.samples
+    }
+    labels, value = got[("db_client_connection_wait_time_seconds_count", None)]
+    assert labels == {"pool_name": "default", "pid": str(os.getpid())}
+    assert value == get_pool().stats().checkouts
+    assert got[("db_client_connection_max", None)][1] == 4
+    assert got[("db_client_connection_count", "used")][1] == 0
+
+
+def test_metrics_without_prometheus_client_is_a_clear_501(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    error = assert_error(app.get("/metrics", status=501), 501, "not_implemented")
+    assert "pip install 'poodle_cherrypy[prometheus]'" in error["reason"]
 
 
 @pytest.mark.services
