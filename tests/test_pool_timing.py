@@ -145,7 +145,8 @@ def test_a_waiter_records_its_wait_until_the_connection_is_handed_to_it(
 
 
 def test_a_checked_connection_waits_for_its_check(clock: Clock) -> None:
-    pool = Pool(Factory(), check=lambda conn: clock.advance(1 / 256))
+    # check_after=0: checked at every checkout (the clock does not move between them).
+    pool = Pool(Factory(), check=lambda conn: clock.advance(1 / 256), check_after=0)
     with pool.get():
         pass
     with pool.get():
