@@ -254,6 +254,22 @@ class Lease(Generic[CT]):
         pool._release(rec, state.doomed)
 
 
+def _probe_loop(ref: weakref.ReferenceType[Pool[Any]]) -> None:
+    """The probe thread of a pool whose circuit is open. It holds the pool
+    only weakly between steps, so that a pool dropped without ``close()``
+    is collected and its thread ends."""
+    while True:
+        pool = ref()
+        if pool is None:
+            return
+        delay = pool._probe_once()
+        del pool
+        if delay is None:
+            return
+        if delay > 0:
+            time.sleep(delay)
+
+
 def _check_size(name: str, value: object, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -1166,7 +1182,8 @@ class Pool(Generic[CT]):
                 self._retry_at = _monotonic() + delay
         if start_prober:
             threading.Thread(
-                target=self._probe_loop, name=f"{self._name}-probe", daemon=True
+                target=_probe_loop, args=(weakref.ref(self),), name=f"{self._name}-probe",
+                daemon=True,
             ).start()
         # One line per state change; the outage's traceback once, at its start.
         if failures == 1:
@@ -1189,33 +1206,32 @@ class Pool(Generic[CT]):
                 self._name, exc, delay,
             )
 
-    def _probe_loop(self) -> None:
-        """The probe thread: while the circuit is open, try the factory every
-        ``probe_interval`` seconds (jittered); put the connection made in the
-        pool, which closes the circuit. Ends when the circuit is closed (checked
-        under the lock, so a circuit that opens again keeps its thread) or the
-        pool is."""
+    def _probe_once(self) -> Optional[float]:
+        """One step of the probe thread (see :func:`_probe_loop`): try the
+        factory if the next attempt is due, and put the connection made in the
+        pool, which closes the circuit. The seconds to sleep before the next
+        step, or None when the circuit (checked under the lock, so a circuit
+        that opens again keeps its thread) or the pool is closed."""
         assert self._probe_interval is not None
         try:
-            while True:
-                with self._lock:
-                    retry_at = self._retry_at
-                    if self._closed or retry_at is None:
-                        self._prober = False
-                        return
-                    delay = retry_at - _monotonic()
-                    if delay <= 0:
-                        self._probing = True
-                if delay > 0:
-                    time.sleep(min(delay, self._probe_interval * 1.25))
-                    continue
-                start = _monotonic()
-                try:
-                    conn = self._call_factory()
-                except Exception as exc:
-                    self._connect_failed(exc, probe=True)
-                    continue
-                self._adopt(conn, start)
+            with self._lock:
+                retry_at = self._retry_at
+                if self._closed or retry_at is None:
+                    self._prober = False
+                    return None
+                delay = retry_at - _monotonic()
+                if delay <= 0:
+                    self._probing = True
+            if delay > 0:
+                return min(delay, self._probe_interval * 1.25)
+            start = _monotonic()
+            try:
+                conn = self._call_factory()
+            except Exception as exc:
+                self._connect_failed(exc, probe=True)
+                return 0.0
+            self._adopt(conn, start)
+            return 0.0
         except BaseException:
             with self._lock:
                 self._prober = False

@@ -13,8 +13,11 @@ test_servers_restart.py.
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -266,6 +269,28 @@ def test_the_probe_thread_stops_when_the_pool_closes() -> None:
     deadline = time.monotonic() + JOIN
     while any(t.name == "stops-probe" for t in threading.enumerate()):
         assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_the_probe_thread_ends_when_a_pool_is_dropped_without_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Captured log records would keep the failures' tracebacks, hence the pool, alive.
+    monkeypatch.setattr(logging.getLogger("poodle_cherrypy"), "disabled", True)
+    factory = Factory()
+    factory.fail = OSError("refused")
+    pool: Pool[Conn] = Pool(factory, name="dropped", fail_fast_after=1, probe_interval=0.02)
+    with pytest.raises(OSError), pool.get():
+        pass
+    assert any(t.name == "dropped-probe" for t in threading.enumerate())
+    ref = weakref.ref(pool)
+    # The factory raises one exception object, whose traceback keeps the frames (hence
+    # the pool) of every failed connect: the test lets go of it too.
+    del pool, factory
+    deadline = time.monotonic() + JOIN
+    while ref() is not None or any(t.name == "dropped-probe" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the probe thread keeps a dropped pool alive"
+        gc.collect()
         time.sleep(0.01)
 
 
