@@ -29,14 +29,14 @@ def test_concurrent_schema_creation_on_postgresql(postgres_dsn: str) -> None:
             conns = [db.connect_postgresql(url) for _ in range(4)]
             barrier = threading.Barrier(len(conns))
 
-            def create(conn: psycopg.Connection[object]) -> None:
+            def create(conn: psycopg.Connection[object], barrier: threading.Barrier) -> None:
                 barrier.wait(10)
                 try:
                     store.ensure_schema(conn)
                 except BaseException as exc:
                     errors.append(exc)
 
-            threads = [threading.Thread(target=create, args=(c,)) for c in conns]
+            threads = [threading.Thread(target=create, args=(c, barrier)) for c in conns]
             for t in threads:
                 t.start()
             for t in threads:
