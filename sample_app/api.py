@@ -12,7 +12,8 @@ request                   answer
                           404
 ``GET /docs``             ``?prefix=&limit=&after=``: ``{"rows": [{"id",
                           "rev"}...], "next": <after for the next page>|null}``
-``GET /status``           every pool's stats and their sampled history
+``GET /status``           the serving process's ``pid``, every pool's stats and
+                          their sampled history
 ========================  =====================================================
 
 Every error is JSON, ``{"error": "<name>", "reason": "<what to do>"}`` (see
@@ -26,6 +27,7 @@ from __future__ import annotations
 import html
 import http
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, cast
 
@@ -337,7 +339,8 @@ class DocsAPI:
 
 
 class StatusAPI:
-    """``/status``: every pool's :meth:`~poodle_cherrypy.Pool.stats` and the
+    """``/status``: the serving process's ``pid`` (one worker's, under gunicorn
+    or uWSGI), every pool's :meth:`~poodle_cherrypy.Pool.stats` and the
     sampled history. Pool stats hold counts and names only: no DSN, no password."""
 
     exposed = True
@@ -352,4 +355,6 @@ class StatusAPI:
         except LookupError:
             pools = {}
         stats = {name: pool.stats().as_dict() for name, pool in list(pools.items())}
-        return _answer({"pools": stats, "history": self._history.as_dict()})
+        return _answer(
+            {"pid": os.getpid(), "pools": stats, "history": self._history.as_dict()}
+        )

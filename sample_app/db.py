@@ -13,6 +13,7 @@ value: a file path (SQLite) or a ``postgresql://`` URL (psycopg 3).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "APPLICATION_NAME",
     "POSTGRESQL",
     "SQLITE",
     "Dialect",
@@ -35,6 +37,9 @@ __all__ = [
     "rollback",
     "sqlite_broken",
 ]
+
+#: The start of the ``application_name`` of the app's PostgreSQL connections.
+APPLICATION_NAME = "sample_app"
 
 #: Seconds an SQLite connection waits for another writer's lock before it
 #: gives up with "database is locked".
@@ -165,10 +170,18 @@ def connect_postgresql(url: str) -> psycopg.Connection[Any]:
     ``BEGIN`` and a ``COMMIT`` to every request. Writes begin with ``BEGIN``
     (:meth:`Dialect.begin_write`); ``commit()`` and ``rollback()``, which
     ``tools.poodle.transaction`` calls, end that transaction.
+
+    Unless ``url`` sets one, the connection's ``application_name`` is
+    ``sample_app pid <pid>``, the process that opened it, so that
+    ``pg_stat_activity`` tells which worker holds which server connection.
     """
     import psycopg  # only needed for PostgreSQL (the "postgresql" extra)
+    from psycopg.conninfo import conninfo_to_dict
 
-    return psycopg.connect(url, autocommit=True)
+    extra: dict[str, Any] = {}
+    if "application_name" not in conninfo_to_dict(url):
+        extra["application_name"] = f"{APPLICATION_NAME} pid {os.getpid()}"
+    return psycopg.connect(url, autocommit=True, **extra)
 
 
 def ping(conn: Connection) -> None:
