@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy import (
+from deployment import (
     Load,
     Process,
     backends,

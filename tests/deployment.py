@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -322,18 +323,23 @@ class Process:
         return code
 
 
-def app_env(database_url: str, pool_size: int = 8) -> dict[str, str]:
-    """The sample app's environment for a WSGI server."""
-    return {
-        "SAMPLE_APP_DATABASE": database_url,
-        "SAMPLE_APP_POOL_SIZE": str(pool_size),
-        "PYTHONPATH": str(ROOT),
-    }
+def app_env(database_url: Optional[str], pool_size: int = 8,
+            config: Optional[Path] = None) -> dict[str, str]:
+    """The sample app's environment for a WSGI server: a database URL and pool
+    size, or a config file declaring the pool."""
+    env = {"PYTHONPATH": str(ROOT)}
+    if config is not None:
+        env["SAMPLE_APP_CONFIG"] = str(config)
+    else:
+        assert database_url is not None
+        env.update(SAMPLE_APP_DATABASE=database_url, SAMPLE_APP_POOL_SIZE=str(pool_size))
+    return env
 
 
 def gunicorn(
-    tmp: Path, port: int, database_url: str, *, workers: int = 3, threads: int = 8,
+    tmp: Path, port: int, database_url: Optional[str], *, workers: int = 3, threads: int = 8,
     preload: bool = False, pool_size: int = 8, name: str = "gunicorn",
+    config: Optional[Path] = None,
 ) -> Process:
     """gunicorn, gthread workers, with the sample app's gunicorn.conf.py."""
     args = [
@@ -346,7 +352,7 @@ def gunicorn(
     if _gunicorn_has_control_socket():
         args.append("--no-control-socket")  # its default path is per user: tests would share it
     args.append("sample_app.wsgi:application")
-    return Process(name, args, tmp, app_env(database_url, pool_size))
+    return Process(name, args, tmp, app_env(database_url, pool_size, config))
 
 
 @functools.cache
@@ -395,54 +401,77 @@ def pids_answering(port: int, expected: set[int], timeout: float = 30.0,
 # -- PgBouncer -------------------------------------------------------------------
 
 
+def rewrite(template: Path, values: dict[str, str]) -> str:
+    """The lines of ``template`` with each ``key = value`` whose key is in
+    ``values`` given that value instead (the key's first occurrence)."""
+    lines = []
+    for line in template.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith((";", "#")) and key in values:
+            line = f"{key} = {values.pop(key)}"
+        lines.append(line)
+    assert not values, f"not in {template.name}: {sorted(values)}"
+    return "\n".join(lines) + "\n"
+
+
 class PgBouncer(Process):
-    """PgBouncer in transaction mode on a free port, in front of ``dsn``'s server.
+    """PgBouncer as deploy/pgbouncer.ini configures it (transaction mode), on a
+    free port, in front of ``dsn``'s database.
 
     Its directory is owned by ``postgres`` (PgBouncer refuses to run as root).
     """
 
-    def __init__(self, tmp: Path, dsn: str, *, pool_size: int = 4, max_client_conn: int = 100,
-                 name: str = "pgbouncer") -> None:
+    def __init__(self, tmp: Path, dsn: str, *, pool_size: int = 4, name: str = "pgbouncer",
+                 port: Optional[int] = None) -> None:
         from psycopg.conninfo import conninfo_to_dict
 
         target = conninfo_to_dict(dsn)
-        self.port = free_port()
-        self.dir = tmp / name
-        self.dir.mkdir()
+        self.port = port or free_port()
+        # pytest's tmp_path is private to root, and PgBouncer runs as postgres
+        self.dir = Path(tempfile.mkdtemp(prefix=f"poodle-{name}-"))
         ini = self.dir / "pgbouncer.ini"
-        ini.write_text(
-            "[databases]\n"
-            f"{target['dbname']} = host={target.get('host', '127.0.0.1')} "
-            f"port={target.get('port', 5432)} dbname={target['dbname']}\n"
-            "[pgbouncer]\n"
-            "listen_addr = 127.0.0.1\n"
-            f"listen_port = {self.port}\n"
-            f"unix_socket_dir = {self.dir}\n"
-            "auth_type = trust\n"
-            f"auth_file = {self.dir / 'users.txt'}\n"
-            "pool_mode = transaction\n"
-            f"default_pool_size = {pool_size}\n"
-            "min_pool_size = 0\n"
-            "reserve_pool_size = 0\n"
-            f"max_client_conn = {max_client_conn}\n"
-            "server_reset_query =\n"
-            "ignore_startup_parameters = extra_float_digits\n"
-            f"logfile = {self.dir / 'pgbouncer.log'}\n"
-        )
+        text = rewrite(ROOT / "deploy" / "pgbouncer.ini", {
+            "test": f"host={target.get('host', '127.0.0.1')} port={target.get('port', 5432)} "
+                    f"dbname={target['dbname']}",
+            "listen_port": str(self.port),
+            "unix_socket_dir": str(self.dir),
+            "auth_file": str(self.dir / "users.txt"),
+            "default_pool_size": str(pool_size),
+            "logfile": str(self.dir / "pgbouncer.log"),
+        })
+        ini.write_text(text.replace("\ntest = ", f"\n{target['dbname']} = ", 1))
         (self.dir / "users.txt").write_text('"postgres" ""\n')
         shutil.chown(self.dir, "postgres")
         for each in self.dir.iterdir():
             shutil.chown(each, "postgres")
-        self.dsn_target = dsn
         super().__init__(name, ["/usr/sbin/pgbouncer", str(ini)], tmp, user="postgres")
         wait_for(self._accepts, START_TIMEOUT, f"PgBouncer on {self.port}", self.log)
 
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> Optional[int]:
+        """Stop it (SIGTERM: at once, closing every connection) and remove its directory."""
+        try:
+            return super().stop(signum, timeout)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def _accepts(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"PgBouncer exited ({self.proc.returncode}):\n{self.text()}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
         except OSError:
             return False
+
+
+def pgbouncer_app_config(tmp: Path, pgbouncer_port: int, database: str,
+                         name: str = "app.conf") -> Path:
+    """deploy/sample_app-pgbouncer.conf, to ``pgbouncer_port`` and ``database``."""
+    path = tmp / name
+    path.write_text(rewrite(ROOT / "deploy" / "sample_app-pgbouncer.conf", {
+        "poodle.default.args": f'("postgresql://postgres@127.0.0.1:{pgbouncer_port}/{database}",)',
+    }))
+    return path
 
 
 # -- HAProxy ---------------------------------------------------------------------
