@@ -21,6 +21,7 @@ from __future__ import annotations
 import cherrypy
 
 from .errors import PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
+from .health import PoodleHealth
 from .plugin import ConfigNamespace, PoodlePlugin, get_pool
 from .pool import Lease, Pool, is_broken
 from .stats import PoolStats
@@ -28,6 +29,7 @@ from .tool import PoodleTool
 
 __all__ = [
     "Lease",
+    "PoodleHealth",
     "PoodlePlugin",
     "PoodleTool",
     "Pool",

@@ -14,6 +14,8 @@ request                   answer
                           "rev"}...], "next": <after for the next page>|null}``
 ``GET /status``           the serving process's ``pid``, every pool's stats and
                           their sampled history
+``GET /health``           200, or 503 while the database cannot be reached
+                          (:class:`poodle_cherrypy.PoodleHealth`)
 ========================  =====================================================
 
 Every error is JSON, ``{"error": "<name>", "reason": "<what to do>"}`` (see

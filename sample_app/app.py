@@ -19,9 +19,9 @@ from typing import Any, Optional, Union
 import cherrypy
 from cherrypy.process.plugins import SimplePlugin
 
-from poodle_cherrypy import get_pool
+from poodle_cherrypy import PoodleHealth, get_pool
 
-from . import store
+from . import db, store
 from .api import (
     DEFAULT_MAX_BODY,
     DocsAPI,
@@ -106,7 +106,9 @@ class SampleApp:
         self.config = app_config(max_body)
         self.history = PoolHistory(self.bus, seconds=history_seconds, interval=sample_interval)
         self.schema = SchemaPlugin(self.bus)
-        self.root = Root(DocsAPI(), StatusAPI(self.history))
+        # /health: 503 while the database cannot be reached, for load balancers
+        health = PoodleHealth([POOL], ping=db.ping, bus=self.bus)
+        self.root = Root(DocsAPI(), StatusAPI(self.history), health)
 
     def mount(
         self, script_name: str = "", config: Optional[Union[str, dict[str, Any]]] = None

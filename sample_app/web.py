@@ -22,9 +22,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 class Root:
     """``/`` (the page), with the API mounted under it."""
 
-    def __init__(self, docs: DocsAPI, status: StatusAPI) -> None:
+    def __init__(self, docs: DocsAPI, status: StatusAPI, health: Any = None) -> None:
         self.docs = docs
         self.status = status
+        self.health = health
 
     @expose
     def index(self) -> Any:

@@ -478,37 +478,25 @@ def pgbouncer_app_config(tmp: Path, pgbouncer_port: int, database: str,
 
 
 class HAProxy(Process):
-    """HAProxy on a free port balancing over ``backends`` (ports), checking
-    ``GET /health`` every 200 ms, ``fall 2 rise 2``; its stats on a socket."""
+    """HAProxy as deploy/haproxy.cfg configures it, on a free port, balancing
+    over ``backend_ports``; its stats socket in a directory of its own."""
 
     def __init__(self, tmp: Path, backend_ports: list[int]) -> None:
         self.port = free_port()
         self.dir = tmp / "haproxy"
         self.dir.mkdir()
         self.stats_socket = self.dir / "stats.sock"
-        servers = "\n".join(
-            f"    server app{n} 127.0.0.1:{port} check inter 200ms fall 2 rise 2"
-            for n, port in enumerate(backend_ports)
+        template = (ROOT / "deploy" / "haproxy.cfg").read_text()
+        servers = "".join(
+            f"    server app{n} 127.0.0.1:{port}\n" for n, port in enumerate(backend_ports)
         )
+        text = re.sub(r"(?m)^    server app\d+ .*\n", "", template).rstrip("\n") + "\n" + servers
+        text = text.replace("/run/haproxy/admin.sock", str(self.stats_socket))
+        text = text.replace("bind 127.0.0.1:8080", f"bind 127.0.0.1:{self.port}")
         cfg = self.dir / "haproxy.cfg"
-        cfg.write_text(
-            "global\n"
-            f"    stats socket {self.stats_socket} mode 600 level admin\n"
-            "defaults\n"
-            "    mode http\n"
-            "    timeout connect 2s\n"
-            "    timeout client 30s\n"
-            "    timeout server 30s\n"
-            "    retries 2\n"
-            "    option redispatch\n"
-            f"frontend web\n    bind 127.0.0.1:{self.port}\n    default_backend app\n"
-            "backend app\n"
-            "    balance roundrobin\n"
-            "    option httpchk GET /health\n"
-            "    http-check expect status 200\n"
-            f"{servers}\n"
-        )
+        cfg.write_text(text)
         super().__init__("haproxy", ["/usr/sbin/haproxy", "-db", "-f", str(cfg)], tmp)
+        wait_for(self.stats_socket.exists, START_TIMEOUT, "HAProxy's stats socket", self.log)
 
     def server_states(self) -> dict[str, str]:
         """Each server's state as HAProxy sees it (``UP``, ``DOWN``, ...)."""
