@@ -85,6 +85,7 @@ def test_the_master_imports_the_app_opens_nothing_and_each_child_starts_its_own(
     assert log.count("Bus STARTED") == 1
     assert "closed pool 'default'" in log and "Bus EXITED" in log
     assert "Serving on" not in log
+    assert "max_size" not in log  # no sizing line: no CherryPy server serves
 
 
 def test_an_engine_started_before_the_fork_is_refused_in_the_child(tmp_path: Path) -> None:
