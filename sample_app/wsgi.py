@@ -33,3 +33,12 @@ def _application() -> WorkerApplication:
 
 application = _application()
 """The WSGI application (``cherrypy.tree``, the engine started in each worker)."""
+
+try:
+    from uwsgidecorators import postfork  # importable only inside uWSGI
+except ImportError:
+    pass
+else:
+    # Start each worker's engine (and pool) as it is forked, not at its first
+    # request; with lazy-apps the first request does it.
+    postfork(application.start)

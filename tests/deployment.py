@@ -161,6 +161,39 @@ def workers_alive(master: int) -> list[int]:
     return alive
 
 
+def app_sessions(admin_dsn: str, dsn: str) -> list[tuple[int, int, int]]:
+    """(backend pid, the pid in its application_name, client port) of the sample
+    app's sessions in ``dsn``'s database."""
+    rows = []
+    for row in backends(admin_dsn, dbname(dsn)):
+        name = row["application_name"]
+        if name.startswith("sample_app pid "):
+            rows.append((row["pid"], int(name.rsplit(" ", 1)[1]), row["client_port"]))
+    return rows
+
+
+def assert_own_connections(admin_dsn: str, dsn: str, master: int, workers: list[int]) -> None:
+    """Every app session was opened by a live worker, and its socket is held by
+    that worker only; more than one worker has sessions, and no two share one."""
+    sessions = app_sessions(admin_dsn, dsn)
+    assert sessions, "no sessions"
+    by_worker: dict[int, set[int]] = {}
+    for backend, opener, client_port in sessions:
+        assert opener in workers, (opener, workers, master)
+        assert socket_holders(client_port, 5432, [master, *workers]) == [opener]
+        by_worker.setdefault(opener, set()).add(backend)
+    assert len(by_worker) >= 2, by_worker
+    seen: set[int] = set()
+    for pids in by_worker.values():
+        assert not (pids & seen)
+        seen |= pids
+
+
+def only_sessions_of(admin_dsn: str, dsn: str, workers: list[int]) -> bool:
+    """Whether every app session belongs to one of ``workers``."""
+    return all(opener in workers for _, opener, _ in app_sessions(admin_dsn, dsn))
+
+
 # -- HTTP ----------------------------------------------------------------------
 
 
@@ -353,6 +386,26 @@ def gunicorn(
         args.append("--no-control-socket")  # its default path is per user: tests would share it
     args.append("sample_app.wsgi:application")
     return Process(name, args, tmp, app_env(database_url, pool_size, config))
+
+
+def uwsgi(
+    tmp: Path, port: int, database_url: str, *, processes: int = 3, threads: int = 8,
+    lazy_apps: bool = False, pool_size: int = 8, name: str = "uwsgi",
+) -> tuple[Process, Path]:
+    """uWSGI as deploy/uwsgi.ini configures it; (the process, its touch-reload file)."""
+    reload = tmp / f"{name}.reload"
+    reload.touch()
+    ini = tmp / f"{name}.ini"
+    ini.write_text(rewrite(ROOT / "deploy" / "uwsgi.ini", {
+        "http-socket": f"127.0.0.1:{port}",
+        "processes": str(processes),
+        "threads": str(threads),
+        "lazy-apps": "true" if lazy_apps else "false",
+        "touch-reload": str(reload),
+        "pidfile": str(tmp / f"{name}.pid"),
+    }))
+    return Process(name, [str(BIN / "uwsgi"), "--ini", str(ini)], tmp,
+                   app_env(database_url, pool_size)), reload
 
 
 @functools.cache

@@ -21,13 +21,13 @@ import pytest
 from deployment import (
     Load,
     Process,
-    backends,
-    dbname,
+    app_sessions,
+    assert_own_connections,
     free_port,
     gunicorn,
+    only_sessions_of,
     pids_answering,
     seed,
-    socket_holders,
     throwaway_database,
     url_of,
     wait_for,
@@ -45,38 +45,6 @@ def database(postgres_dsn: str) -> Iterator[str]:
     """A throwaway database's DSN."""
     with throwaway_database(postgres_dsn) as dsn:
         yield dsn
-
-
-def app_sessions(admin_dsn: str, dsn: str) -> list[tuple[int, int, int]]:
-    """(backend pid, the pid in its application_name, client port) of the app's sessions."""
-    rows = []
-    for row in backends(admin_dsn, dbname(dsn)):
-        name = row["application_name"]
-        if name.startswith("sample_app pid "):
-            rows.append((row["pid"], int(name.rsplit(" ", 1)[1]), row["client_port"]))
-    return rows
-
-
-def assert_own_connections(admin_dsn: str, dsn: str, master: int, workers: list[int]) -> None:
-    """Every app session was opened by a live worker, and its socket is held by
-    that worker only; more than one worker has sessions."""
-    sessions = app_sessions(admin_dsn, dsn)
-    assert sessions, "no sessions"
-    by_worker: dict[int, set[int]] = {}
-    for backend, opener, client_port in sessions:
-        assert opener in workers, (opener, workers, master)
-        assert socket_holders(client_port, 5432, [master, *workers]) == [opener]
-        by_worker.setdefault(opener, set()).add(backend)
-    assert len(by_worker) >= 2, by_worker
-    # disjoint by construction of the rows, and checked for what it says
-    seen: set[int] = set()
-    for pids in by_worker.values():
-        assert not (pids & seen)
-        seen |= pids
-
-
-def no_sessions_but(admin_dsn: str, dsn: str, workers: list[int]) -> bool:
-    return all(opener in workers for _, opener, _ in app_sessions(admin_dsn, dsn))
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
@@ -115,7 +83,7 @@ def test_gunicorn_workers_own_connections_respawn_and_reload(
             assert len(failures) <= load.clients, failures
             assert all(kind == "error" for _, kind, _ in failures), failures
             assert not load.failures(settled), load.failures(settled)
-            wait_for(lambda: no_sessions_but(postgres_dsn, database, workers), 30,
+            wait_for(lambda: only_sessions_of(postgres_dsn, database, workers), 30,
                      "the killed worker's sessions to end", server.log)
 
             # HUP: new workers, the old ones stop gracefully; nothing is lost.
@@ -133,7 +101,7 @@ def test_gunicorn_workers_own_connections_respawn_and_reload(
             load.stop()
         assert not load.failures(reload_at), load.failures(reload_at)[:5]
         assert load.count(reload_at) > 0
-        wait_for(lambda: no_sessions_but(postgres_dsn, database, workers), 30,
+        wait_for(lambda: only_sessions_of(postgres_dsn, database, workers), 30,
                  "the old workers' sessions to end", server.log)
         assert_own_connections(postgres_dsn, database, server.pid, workers)
     finally:
