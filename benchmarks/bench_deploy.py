@@ -10,13 +10,17 @@ Four servers run at once on loopback, each idle while another is measured:
   PgBouncer (deploy/pgbouncer.ini, ``default_pool_size`` from
   ``--pgbouncer-pool``), as the deployment tests run it.
 
-Direct and PgBouncer servers use two throwaway databases, so that the server
-connections of each are counted apart (the most seen in ``pg_stat_activity``
-during a round). Rounds alternate the order of the four. The client is
-Debian's ``wrk`` (``--latency``: its p99) if installed, else this script's
-``http.client`` threads. It prints each round, the medians, and the ratios the
-targets are about: 2 workers / 1 worker (target >= 1.7) and PgBouncer / direct
-(target >= 0.85, a cost <= 15%).
+Direct and PgBouncer servers use two throwaway databases; the server
+connections are the most seen in ``pg_stat_activity`` during a round: for a
+direct server, those its workers opened; through PgBouncer, PgBouncer's.
+Rounds alternate the order of the four. The client is Debian's ``wrk``
+(``--latency``: its p99) if installed, else this script's ``http.client``
+threads. Each round also gives the CPU time the server's processes (and
+PgBouncer's) spent per request, read from ``/proc``: on a shared machine,
+where other processes take cores, requests/s says little about scaling, and
+CPU per request shows what a request costs each way. It prints each round,
+the medians, and the ratios the targets are about: 2 workers / 1 worker
+(target >= 1.7) and PgBouncer / direct (target >= 0.85, a cost <= 15%).
 
     .venv/bin/python benchmarks/bench_deploy.py            # about a minute
     .venv/bin/python benchmarks/bench_deploy.py --quick    # a smoke run
@@ -108,11 +112,30 @@ def python_round(port: int, clients: int, seconds: float) -> tuple[float, float]
     return len(every) / elapsed, p99
 
 
-def most_sessions(admin: str, database: str, stop: threading.Event, out: list[int]) -> None:
-    """Sample the sessions on ``database`` until ``stop``; the most seen goes in ``out``."""
+def most_sessions(admin: str, database: str, master: Optional[int], stop: threading.Event,
+                  out: list[int]) -> None:
+    """Sample the sessions on ``database`` until ``stop``; the most seen goes in
+    ``out``. With ``master``, only the sessions its workers opened (both direct
+    servers share a database); without, all (PgBouncer's, which both PgBouncer
+    servers share: the figure is PgBouncer's, not one server's)."""
     while not stop.is_set():
-        out[0] = max(out[0], len(deployment.backends(admin, database)))
+        rows = deployment.backends(admin, database)
+        if master is not None:
+            workers = {str(pid) for pid in deployment.workers_alive(master)}
+            rows = [r for r in rows if r["application_name"].rsplit(" ", 1)[-1] in workers]
+        out[0] = max(out[0], len(rows))
         time.sleep(0.1)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """The user + system CPU seconds ``pids`` have used so far (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -185,30 +208,40 @@ def main(argv: Optional[list[str]] = None) -> int:
         rates: dict[str, list[float]] = {name: [] for name in servers}
         p99s: dict[str, list[float]] = {name: [] for name in servers}
         sessions: dict[str, int] = dict.fromkeys(servers, 0)
+        cpus: dict[str, list[float]] = {name: [] for name in servers}
         names = list(servers)
         for n in range(args.rounds):
             order = names if n % 2 == 0 else names[::-1]
             for name in order:
-                _, port, dsn = servers[name]
+                proc, port, dsn = servers[name]
                 stop, most = threading.Event(), [0]
+                master = proc.pid if name.endswith("direct") else None
                 sampler = threading.Thread(
-                    target=most_sessions, args=(args.dsn, deployment.dbname(dsn), stop, most)
+                    target=most_sessions,
+                    args=(args.dsn, deployment.dbname(dsn), master, stop, most),
                 )
                 sampler.start()
+                pids = [proc.pid, *deployment.workers_alive(proc.pid)]
+                if master is None:
+                    pids.append(bouncer.pid)
+                cpu_before = cpu_seconds(pids)
                 try:
                     rate, p99 = measure(port)
                 finally:
                     stop.set()
                     sampler.join()
+                cpu_ms = (cpu_seconds(pids) - cpu_before) * 1000 / max(1.0, rate * args.seconds)
+                cpus[name].append(cpu_ms)
                 rates[name].append(rate)
                 p99s[name].append(p99)
                 sessions[name] = max(sessions[name], most[0])
                 print(f"round {n + 1}  {name:13} {rate:8.0f} requests/s  p99 {p99:7.1f} ms  "
-                      f"server connections {most[0]}", flush=True)
+                      f"CPU {cpu_ms:5.2f} ms/request  server connections {most[0]}", flush=True)
         med = {name: statistics.median(values) for name, values in rates.items()}
         for name in names:
             print(f"median   {name:13} {med[name]:8.0f} requests/s  "
                   f"p99 {statistics.median(p99s[name]):7.1f} ms  "
+                  f"CPU {statistics.median(cpus[name]):5.2f} ms/request  "
                   f"server connections (most) {sessions[name]}")
         ratios = {
             "workers_direct": med["w2 direct"] / med["w1 direct"],
@@ -220,7 +253,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"through PgBouncer {ratios['workers_pgbouncer']:.2f}x (target >= 1.7)")
         print(f"ratio    PgBouncer / direct: 1 worker {ratios['pgbouncer_w1']:.2f}, "
               f"2 workers {ratios['pgbouncer_w2']:.2f} (target >= 0.85)")
-        print(json.dumps({"medians": med, "sessions": sessions,
+        cpu = {name: round(statistics.median(values), 3) for name, values in cpus.items()}
+        print(f"ratio    CPU per request, PgBouncer / direct: 1 worker "
+              f"{cpu['w1 pgbouncer'] / cpu['w1 direct']:.2f}, 2 workers "
+              f"{cpu['w2 pgbouncer'] / cpu['w2 direct']:.2f} (server and PgBouncer processes)")
+        print(json.dumps({"medians": med, "sessions": sessions, "cpu_ms": cpu,
                           "ratios": {k: round(v, 3) for k, v in ratios.items()}}))
     return 0
 
