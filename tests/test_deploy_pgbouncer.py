@@ -38,6 +38,45 @@ def database(postgres_dsn: str) -> Iterator[str]:
         yield dsn
 
 
+@pytest.mark.parametrize("recipe", [True, False], ids=["recipe", "psycopg-defaults"])
+def test_prepared_statements_are_off_through_pgbouncer(
+    recipe: bool, database: str, tmp_path: Path
+) -> None:
+    """psycopg prepares a query at its 6th run; its 7th run then names that
+    statement, and here lands on the other of PgBouncer's two server sessions
+    (another client holds, in a transaction, the one it was prepared on)."""
+    import psycopg
+
+    from poodle_cherrypy.drivers import psycopg_pgbouncer_connect
+
+    bouncer = PgBouncer(tmp_path, database, pool_size=2)
+    url = f"postgresql://postgres@127.0.0.1:{bouncer.port}/{dbname(database)}"
+    try:
+        other = psycopg.connect(url, autocommit=True)
+        third = psycopg.connect(url, autocommit=True)
+        conn = (psycopg_pgbouncer_connect(url, autocommit=True) if recipe
+                else psycopg.connect(url, autocommit=True))
+        try:
+            with other.transaction(), third.transaction():  # two server sessions exist
+                other.execute("SELECT 1")
+                third.execute("SELECT 2")
+            for n in range(6):
+                assert conn.execute("SELECT %s::int", (n,)).fetchone() == (n,)
+            # PgBouncer lends the session released last: the one conn just used
+            with other.transaction():
+                other.execute("SELECT 3")
+                if recipe:
+                    assert conn.execute("SELECT %s::int", (6,)).fetchone() == (6,)
+                else:
+                    with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                        conn.execute("SELECT %s::int", (6,))
+        finally:
+            for each in (conn, other, third):
+                each.close()
+    finally:
+        bouncer.stop()
+
+
 def test_three_workers_through_a_pgbouncer_pool_of_four(
     database: str, postgres_dsn: str, tmp_path: Path
 ) -> None:
