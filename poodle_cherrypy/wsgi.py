@@ -68,8 +68,10 @@ def start_engine_in_worker(engine: Any = None) -> bool:
     - subscribes no signal handler: the process manager owns SIGTERM, SIGHUP
       and SIGUSR1 (never call ``engine.signals.subscribe()`` in a worker).
 
-    Then it registers an ``atexit`` handler that stops the engine (closing the
-    pools) when the worker's interpreter exits. Thread-safe.
+    Then it starts the engine and registers an ``atexit`` handler that stops it
+    (closing the pools) when the worker's interpreter exits. Thread-safe. If a
+    start listener fails, CherryPy logs why and ends the process (status 70),
+    as it does for any engine; the process manager then starts another worker.
 
     Raises ``RuntimeError`` if the engine was started by this function in a
     parent process before the fork: its threads are gone and its pools
