@@ -7,9 +7,11 @@ page talks to the JSON API (``/docs``, ``/status``) like any other client.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from cherrypy.lib.static import serve_file
+
+from poodle_cherrypy import PoodleHealth
 
 from .api import DocsAPI, StatusAPI, expose
 
@@ -22,7 +24,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 class Root:
     """``/`` (the page), with the API mounted under it."""
 
-    def __init__(self, docs: DocsAPI, status: StatusAPI, health: Any = None) -> None:
+    def __init__(
+        self, docs: DocsAPI, status: StatusAPI, health: Optional[PoodleHealth] = None
+    ) -> None:
         self.docs = docs
         self.status = status
         self.health = health

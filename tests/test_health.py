@@ -139,3 +139,20 @@ def test_an_unknown_pool_is_unavailable(cp_engine: Any, tmp_path: Path) -> None:
     assert response.json["pools"]["other"] == {"ok": False, "reason": "no such pool"}
 
 
+
+
+def test_the_sample_app_mounts_it_at_health(cp_engine: Any, tmp_path: Path) -> None:
+    from sample_app import SampleApp, db
+
+    PoodlePlugin(cp_engine, {"default": db.pool_spec(str(tmp_path / "d.db"), 4)}).subscribe()
+    sample = SampleApp(cp_engine)
+    sample.mount()
+    sample.subscribe()
+    try:
+        cp_engine.start()
+        response = webtest.TestApp(cherrypy.tree).get("/health")
+        assert response.json["status"] == "ok"
+        assert response.json["pools"]["default"]["ok"] is True
+    finally:
+        cp_engine.stop()
+        sample.unsubscribe()
