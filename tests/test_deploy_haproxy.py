@@ -64,6 +64,7 @@ def test_haproxy_routes_around_a_host_whose_database_path_is_down(
             time.sleep(2)
             assert set(workers) <= load.pids, (workers, load.pids)
             assert not load.failures(), load.failures()[:5]
+            assert balancer.server_states() == {"app0": "UP", "app1": "UP"}  # busy is not down
 
             stopped_at = time.monotonic()
             bouncers[0].send(signal.SIGTERM)  # PgBouncer 1.18: immediate shutdown
@@ -90,7 +91,8 @@ def test_haproxy_routes_around_a_host_whose_database_path_is_down(
         assert served_by_1 > 0
         assert load.count(up_at) > 0
         print(f"down after {down_at - stopped_at:.2f} s; {len(failures)} requests failed "
-              f"in flight; up {up_at - stopped_at:.2f} s after the stop")
+              f"in flight ({sorted({str(what) for _, _, what in failures})}); "
+              f"up {up_at - stopped_at:.2f} s after the stop")
     finally:
         if balancer is not None:
             balancer.stop()
