@@ -67,8 +67,9 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
       in the mounted apps' config that names an unknown pool or option, or
       has a bad value, does raise, which makes CherryPy log it and exit.
       It then logs each pool's ``max_size`` against the threads
-      (``server.thread_pool``) of the CherryPy HTTP servers subscribed to the
-      bus: a WARNING when it is larger (connections that can never all be
+      (``server.thread_pool``) of the CherryPy HTTP servers
+      (``cherrypy._cpserver.Server`` instances, such as ``cherrypy.server``)
+      subscribed to the bus: a WARNING when it is larger (connections that can never all be
       in use: a thread holds one per pool), INFO otherwise (saying how many
       requests may wait when it is smaller). Nothing when no CherryPy server
       serves (under gunicorn or uWSGI, see :mod:`poodle_cherrypy.wsgi`).
