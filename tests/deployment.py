@@ -472,7 +472,8 @@ class PgBouncer(Process):
     """PgBouncer as deploy/pgbouncer.ini configures it (transaction mode), on a
     free port, in front of ``dsn``'s database.
 
-    Its directory is owned by ``postgres`` (PgBouncer refuses to run as root).
+    Run as root, it runs as ``postgres`` (PgBouncer refuses root), in a
+    directory owned by ``postgres``.
     """
 
     def __init__(self, tmp: Path, dsn: str, *, pool_size: int = 4, name: str = "pgbouncer",
@@ -495,10 +496,13 @@ class PgBouncer(Process):
         })
         ini.write_text(text.replace("\ntest = ", f"\n{target['dbname']} = ", 1))
         (self.dir / "users.txt").write_text('"postgres" ""\n')
-        shutil.chown(self.dir, "postgres")
-        for each in self.dir.iterdir():
-            shutil.chown(each, "postgres")
-        super().__init__(name, ["/usr/sbin/pgbouncer", str(ini)], tmp, user="postgres")
+        user = None
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            user = "postgres"
+            shutil.chown(self.dir, user)
+            for each in self.dir.iterdir():
+                shutil.chown(each, user)
+        super().__init__(name, ["/usr/sbin/pgbouncer", str(ini)], tmp, user=user)
         wait_for(self._accepts, START_TIMEOUT, f"PgBouncer on {self.port}", self.log)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> Optional[int]:
