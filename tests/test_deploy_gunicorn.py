@@ -108,5 +108,6 @@ def test_gunicorn_workers_own_connections_respawn_and_reload(
         code = server.stop()
     assert code == 0, server.text()[-4000:]
     assert "closed pool 'default'" in server.text()
+    assert "max_size" not in server.text()  # no sizing line: CherryPy's server is unused
     wait_for(lambda: not app_sessions(postgres_dsn, database), 30, "no session left")
 

@@ -99,4 +99,5 @@ def test_uwsgi_workers_own_connections_respawn_and_reload(
     finally:
         server.stop()
     assert "closed pool 'default'" in server.text()
+    assert "max_size" not in server.text()  # no sizing line: CherryPy's server is unused
     wait_for(lambda: not app_sessions(postgres_dsn, database), 30, "no session left")
