@@ -21,6 +21,7 @@ from __future__ import annotations
 import cherrypy
 
 from .errors import PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
+from .health import PoodleHealth
 from .plugin import ConfigNamespace, PoodlePlugin, get_pool
 from .pool import Lease, Pool, is_broken
 from .stats import BUCKET_BOUNDS, Histogram, PoolStats
@@ -30,6 +31,7 @@ __all__ = [
     "BUCKET_BOUNDS",
     "Histogram",
     "Lease",
+    "PoodleHealth",
     "PoodlePlugin",
     "PoodleTool",
     "Pool",

@@ -14,7 +14,8 @@ recipe cannot vouch for is never handed out again.
 
 PostgreSQL, psycopg 3 (``psycopg.connect``, or :func:`psycopg_connect`):
     :func:`psycopg_check`, :func:`psycopg_reset`, :func:`psycopg_discard_all`,
-    :func:`psycopg_broken`.
+    :func:`psycopg_broken`; through PgBouncer in transaction mode,
+    :func:`psycopg_pgbouncer_connect` as the factory (see there).
 MariaDB/MySQL, PyMySQL (``pymysql.connect``):
     :func:`pymysql_check`, :func:`pymysql_reset`, :func:`pymysql_reset_session`.
 Redis, redis-py (:func:`redis_client` as the factory):
@@ -37,6 +38,7 @@ __all__ = [
     "psycopg_check",
     "psycopg_connect",
     "psycopg_discard_all",
+    "psycopg_pgbouncer_connect",
     "psycopg_reset",
     "pymysql_check",
     "pymysql_reset",
@@ -207,6 +209,43 @@ def psycopg_broken(conn: psycopg.Connection[Any], exc: Optional[BaseException]) 
 
     status = conn.info.transaction_status
     return conn.closed or status in (pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN)
+
+
+def psycopg_pgbouncer_connect(conninfo: str = "", **kwargs: Any) -> psycopg.Connection[Any]:
+    """``factory``: a psycopg 3 connection for PgBouncer in transaction (or statement) mode.
+
+    In transaction mode PgBouncer lends a server connection for one
+    transaction (one statement, in autocommit), so consecutive statements of
+    one client run on different server sessions. psycopg prepares a query it
+    has run five times, and the next run of it, on another session, fails
+    with "prepared statement does not exist": this factory turns preparing
+    off (``prepare_threshold=None``; PgBouncer 1.21+ can track prepared
+    statements with ``max_prepared_statements``, 1.18 cannot). ``kwargs`` go to
+    ``psycopg.connect`` (``autocommit=True``, ``application_name``...) and may
+    not set ``prepare_threshold`` otherwise.
+
+    Use it with ``reset`` :func:`psycopg_reset` (a rollback: ends what a block
+    left open, which would otherwise pin a server connection), ``check``
+    :func:`psycopg_check` and ``broken`` :func:`psycopg_broken`. Not
+    :func:`psycopg_discard_all`: ``DISCARD ALL`` would run on whatever server
+    session PgBouncer lends for it, not on the one the block used; PgBouncer
+    resets server sessions itself (``server_reset_query``, in session mode
+    only). Session state does not survive a transaction there, so these break
+    (or, worse, leak to another client) outside a transaction: ``SET`` (use
+    ``SET LOCAL`` inside the transaction), ``LISTEN``/``NOTIFY`` listeners,
+    session advisory locks (``pg_advisory_lock``; ``pg_advisory_xact_lock``
+    is fine), ``WITH HOLD`` cursors, temporary tables kept past a commit and
+    ``PREPARE``/``DEALLOCATE`` in SQL.
+    """
+    import psycopg
+
+    if "prepare_threshold" in kwargs and kwargs["prepare_threshold"] is not None:
+        raise ValueError(
+            "psycopg_pgbouncer_connect turns prepared statements off; got "
+            f"prepare_threshold={kwargs['prepare_threshold']!r}"
+        )
+    kwargs["prepare_threshold"] = None
+    return psycopg.connect(conninfo, **kwargs)
 
 
 # -- MariaDB/MySQL: PyMySQL ---------------------------------------------------

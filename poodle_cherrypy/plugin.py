@@ -73,6 +73,13 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
       (the tree's ``cherrypy.Application`` objects are checked, those behind
       a grafted ``VirtualHost`` included; the check's own failure is logged
       and stops nothing).
+      It then logs each pool's ``max_size`` against the threads
+      (``server.thread_pool``) of the CherryPy HTTP servers
+      (``cherrypy._cpserver.Server`` instances, such as ``cherrypy.server``)
+      subscribed to the bus: a WARNING when it is larger (connections that can never all be
+      in use: a thread holds one per pool), INFO otherwise (saying how many
+      requests may wait when it is smaller). Nothing when no CherryPy server
+      serves (under gunicorn or uWSGI, see :mod:`poodle_cherrypy.wsgi`).
     - every ``maintain_interval`` seconds (10.0; 0 turns it off) each pool's
       ``maintain()`` runs on a CherryPy ``Monitor`` thread; an error there is
       logged and the next run goes ahead.
@@ -195,6 +202,8 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
         self._running = True
         for pool in list(self.pools.values()):
             pool.open(fill=False)
+        for message, level in _sizing(self.pools, self.bus):
+            self.bus.log(f"poodle: {message}", level=level)
         if self.maintain_interval and self._monitor is None:
             self._monitor = Monitor(
                 self.bus, self.maintain, frequency=self.maintain_interval, name="poodle maintain"
@@ -297,6 +306,57 @@ def get_pool(name: str = "default", bus: Any = None) -> Pool[Any]:
         raise LookupError(
             f"no pool named {name!r}; the pools are {sorted(plugin.pools)}"
         ) from None
+
+
+# -- sizing ----------------------------------------------------------------
+
+
+def _server_threads(bus: Any) -> Optional[int]:
+    """The worker threads of the CherryPy HTTP servers that start with ``bus``, or
+    None if none does (under gunicorn or uWSGI, which serve instead)."""
+    from cherrypy._cpserver import Server
+
+    servers = {
+        id(owner): owner
+        for listener in list(bus.listeners.get("start", ()))
+        if isinstance(owner := getattr(listener, "__self__", None), Server)
+    }
+    if not servers:
+        return None
+    return sum(int(server.thread_pool) for server in servers.values())
+
+
+def _sizing(pools: Mapping[str, Pool[Any]], bus: Any) -> list[tuple[str, int]]:
+    """A log line (and level) per pool: its ``max_size`` against the threads of
+    the CherryPy server it serves. A thread holds at most one connection of a
+    pool (it is reentrant), so more connections than threads are never all in
+    use, and fewer make requests wait."""
+    threads = _server_threads(bus)
+    if threads is None:
+        return []
+    lines = []
+    for name, pool in list(pools.items()):
+        size = pool.stats().max_size
+        if size > threads:
+            lines.append((
+                f"pool {name!r} has max_size {size} for the {threads} threads of the CherryPy "
+                f"server: a thread holds at most one connection of a pool, so "
+                f"{size - threads} of them can never be in use (lower max_size to {threads})",
+                logging.WARNING,
+            ))
+        elif size < threads:
+            lines.append((
+                f"pool {name!r} has max_size {size} for the {threads} threads of the CherryPy "
+                f"server: up to {threads - size} requests may wait for a connection",
+                logging.INFO,
+            ))
+        else:
+            lines.append((
+                f"pool {name!r} has max_size {size}, one connection per thread of the "
+                f"CherryPy server",
+                logging.INFO,
+            ))
+    return lines
 
 
 # -- CherryPy config ---------------------------------------------------------

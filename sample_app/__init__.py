@@ -5,6 +5,8 @@ in ``./data``, or on PostgreSQL with ``--database postgresql://...``. The
 modules, one per concern:
 
 - :mod:`sample_app.cli`: the options and their environment variables; the run.
+- :mod:`sample_app.wsgi`: the WSGI application for gunicorn and uWSGI.
+- :mod:`sample_app.daemon`: the module ``cherryd -i`` imports.
 - :mod:`sample_app.app`: the CherryPy application, its config and plugins.
 - :mod:`sample_app.api`: the JSON API handlers and JSON errors.
 - :mod:`sample_app.store`: the documents' SQL and revisions.

@@ -13,7 +13,10 @@ request                   answer
                           404
 ``GET /docs``             ``?prefix=&limit=&after=``: ``{"rows": [{"id",
                           "rev"}...], "next": <after for the next page>|null}``
-``GET /status``           every pool's stats and their sampled history
+``GET /status``           the serving process's ``pid``, every pool's stats and
+                          their sampled history
+``GET /health``           200, or 503 while the database cannot be reached
+                          (:class:`poodle_cherrypy.PoodleHealth`)
 ``GET /metrics``          the pools' metrics for Prometheus (text exposition);
                           501 when ``prometheus_client`` is not installed
 ========================  =====================================================
@@ -407,7 +410,8 @@ class DocsAPI:
 
 
 class StatusAPI:
-    """``/status``: every pool's :meth:`~poodle_cherrypy.Pool.stats` and the
+    """``/status``: the serving process's ``pid`` (one worker's, under gunicorn
+    or uWSGI), every pool's :meth:`~poodle_cherrypy.Pool.stats` and the
     sampled history. Pool stats hold counts and names only: no DSN, no password.
 
     Each pool's stats add ``"wait_time_p99"``: the 99th percentile of the
@@ -429,7 +433,9 @@ class StatusAPI:
             name: {**pool.stats().as_dict(), "wait_time_p99": self._history.wait_time_p99(name)}
             for name, pool in list(pools.items())
         }
-        return _answer({"pools": stats, "history": self._history.as_dict()})
+        return _answer(
+            {"pid": os.getpid(), "pools": stats, "history": self._history.as_dict()}
+        )
 
 
 # -- /metrics ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import cherrypy
 from cherrypy.process.plugins import SimplePlugin
 
-from poodle_cherrypy import get_pool
+from poodle_cherrypy import PoodleHealth, get_pool
 
 from . import db, store
 from .api import (
@@ -139,8 +139,13 @@ class SampleApp:
         self.config = app_config(max_body)
         self.history = PoolHistory(self.bus, seconds=history_seconds, interval=sample_interval)
         self.schema = SchemaPlugin(self.bus)
+        # /health: 503 while the database cannot be reached, for load balancers
+        health = PoodleHealth([POOL], ping=db.ping, bus=self.bus)
         self.root = Root(
-            DocsAPI(prepare=self.schema.ensure), StatusAPI(self.history), MetricsAPI(self.bus)
+            DocsAPI(prepare=self.schema.ensure),
+            StatusAPI(self.history),
+            MetricsAPI(self.bus),
+            health,
         )
 
     def mount(

@@ -24,7 +24,7 @@ from . import db
 from .api import DEFAULT_MAX_BODY
 from .app import POOL, SampleApp
 
-__all__ = ["DEFAULTS", "ENVIRONMENT", "Settings", "main", "parse_args"]
+__all__ = ["DEFAULTS", "ENVIRONMENT", "Settings", "configure", "main", "parse_args"]
 
 #: The environment variable of each option.
 ENVIRONMENT = {
@@ -211,12 +211,13 @@ def _declare_pool(settings: Settings) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Serve until Ctrl-C or SIGTERM; the exit status."""
-    settings = parse_args(argv)
+def configure(settings: Settings, environment: str = "production") -> Optional[str]:
+    """Set up CherryPy for ``settings``: config, the pool, the app mounted and its
+    plugins subscribed; an error message, or None. ``environment`` is CherryPy's:
+    ``"production"`` for the CLI's own server, ``"embedded"`` under a WSGI server."""
     cherrypy.config.update(
         {
-            "environment": "production",  # no autoreload, no tracebacks in answers
+            "environment": environment,  # no autoreload, no tracebacks in answers
             "log.screen": True,
             "server.socket_host": DEFAULTS["host"],
             "server.socket_port": DEFAULTS["port"],
@@ -237,11 +238,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (configparser.Error, TypeError, ValueError, SyntaxError) as exc:
         problem = f"{settings.config}: {exc}"
     if problem is not None:
-        print(f"python -m sample_app: error: {problem}", file=sys.stderr)
-        return 2
+        return problem
     sample = SampleApp(cherrypy.engine, max_body=settings.max_body or DEFAULTS["max_body"])
     sample.mount(config=settings.config)
     sample.subscribe()
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Serve until Ctrl-C or SIGTERM; the exit status."""
+    settings = parse_args(argv)
+    problem = configure(settings)
+    if problem is not None:
+        print(f"python -m sample_app: error: {problem}", file=sys.stderr)
+        return 2
     cherrypy.engine.signals.subscribe()  # SIGTERM: exit; SIGHUP, SIGUSR1: CherryPy's usual
     try:
         cherrypy.engine.start()

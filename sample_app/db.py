@@ -13,6 +13,7 @@ value: a file path (SQLite) or a ``postgresql://`` URL (psycopg 3).
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "APPLICATION_NAME",
     "POSTGRESQL",
     "POSTGRESQL_SCHEMES",
     "SQLITE",
@@ -38,6 +40,9 @@ __all__ = [
     "sqlite_broken",
     "url_scheme",
 ]
+
+#: The start of the ``application_name`` of the app's PostgreSQL connections.
+APPLICATION_NAME = "sample_app"
 
 #: Seconds an SQLite connection waits for another writer's lock before it
 #: gives up with "database is locked".
@@ -193,10 +198,20 @@ def connect_postgresql(url: str) -> psycopg.Connection[Any]:
     ``tools.poodle.transaction`` calls, end that transaction. Its cursors
     count the statements that may write (:func:`~poodle_cherrypy.drivers.psycopg_connect`),
     so a connection lost before a request wrote anything answers 503, not 500.
+
+    Unless ``url`` sets one, the connection's ``application_name`` is
+    ``sample_app pid <pid>``, the process that opened it, so that
+    ``pg_stat_activity`` tells which worker holds which server connection.
     """
+    from psycopg.conninfo import conninfo_to_dict
+
     from poodle_cherrypy.drivers import psycopg_connect  # needs psycopg (the "postgresql" extra)
 
-    return psycopg_connect(_libpq_url(url), autocommit=True)
+    url = _libpq_url(url)
+    extra: dict[str, Any] = {}
+    if "application_name" not in conninfo_to_dict(url):
+        extra["application_name"] = f"{APPLICATION_NAME} pid {os.getpid()}"
+    return psycopg_connect(url, autocommit=True, **extra)
 
 
 def ping(conn: Connection) -> None:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .db import Connection, Dialect, dialect_of
+from .db import POSTGRESQL, Connection, Dialect, dialect_of
 
 __all__ = [
     "ID_CHARACTERS",
@@ -126,9 +126,23 @@ def next_rev(rev: Optional[str], body: str) -> str:
     return f"{number}-{digest[:32]}"
 
 
+#: The advisory lock key under which the schema is created (any constant).
+_SCHEMA_LOCK = 0x706F6F646C65
+
+
 def ensure_schema(conn: Connection) -> None:
-    """Create the documents table unless it exists, and commit."""
+    """Create the documents table unless it exists, and commit.
+
+    Safe when several processes start at once (gunicorn's workers): on
+    PostgreSQL ``CREATE TABLE IF NOT EXISTS`` alone races (both sessions see
+    no table, the second fails on the catalog's unique index), so it runs in a
+    transaction holding an advisory lock; SQLite's ``BEGIN IMMEDIATE`` already
+    lets one writer in at a time.
+    """
     dialect = dialect_of(conn)
+    _begin_write(conn, dialect)
+    if dialect is POSTGRESQL:
+        conn.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS docs ("
         f"id {dialect.id_type} PRIMARY KEY, "

@@ -8,9 +8,11 @@ page talks to the JSON API (``/docs``, ``/status``) like any other client;
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from cherrypy.lib.static import serve_file
+
+from poodle_cherrypy import PoodleHealth
 
 from .api import DocsAPI, MetricsAPI, StatusAPI, expose
 
@@ -23,10 +25,17 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 class Root:
     """``/`` (the page), with the API mounted under it."""
 
-    def __init__(self, docs: DocsAPI, status: StatusAPI, metrics: MetricsAPI) -> None:
+    def __init__(
+        self,
+        docs: DocsAPI,
+        status: StatusAPI,
+        metrics: MetricsAPI,
+        health: Optional[PoodleHealth] = None,
+    ) -> None:
         self.docs = docs
         self.status = status
         self.metrics = metrics
+        self.health = health
 
     @expose
     def index(self) -> Any:

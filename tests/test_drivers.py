@@ -30,3 +30,8 @@ def test_each_recipe_is_a_documented_module_level_function(name: str) -> None:
     recipe = getattr(importlib.import_module(module), attribute)
     assert inspect.isfunction(recipe) and recipe.__module__ == module
     assert inspect.getdoc(recipe)
+
+
+def test_the_pgbouncer_factory_refuses_prepared_statements() -> None:
+    with pytest.raises(ValueError, match="prepare_threshold=5"):
+        drivers.psycopg_pgbouncer_connect("dbname=x", prepare_threshold=5)

@@ -1,0 +1,33 @@
+"""benchmarks/bench_deploy.py is a script, not a timed test: this runs its
+``--quick`` smoke mode (real gunicorn and PgBouncer), so that it cannot rot.
+No figure is checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_deploy.py"
+
+pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.deploy]
+
+
+def test_bench_deploy_quick_runs(postgres_dsn: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--dsn", postgres_dsn],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("ratio    2 workers / 1 worker") for line in lines), result.stdout
+    assert any(line.startswith("ratio    PgBouncer / direct") for line in lines), result.stdout
+    summary = json.loads(lines[-1])
+    assert set(summary["ratios"]) == {
+        "workers_direct", "workers_pgbouncer", "pgbouncer_w1", "pgbouncer_w2"
+    }
+    # PgBouncer capped the server connections at its pool
+    assert 1 <= summary["sessions"]["w2 pgbouncer"] <= 4
