@@ -30,8 +30,8 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Iterable
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
 
 import cherrypy
 from cherrypy.process.wspbus import states
