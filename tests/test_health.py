@@ -114,6 +114,44 @@ def test_a_busy_pool_is_not_down(cp_engine: Any, tmp_path: Path) -> None:
         thread.join(10)
 
 
+def test_a_pool_busy_up_to_max_waiting_is_not_down(cp_engine: Any, tmp_path: Path) -> None:
+    # With max_waiting, the health check's checkout is refused at once
+    # (TooManyWaiters) where it would have waited: busy too, not down.
+    pool: Pool[Any] = Pool(Switch(tmp_path / "a.db"), max_size=1, max_waiting=1)
+    app = serve(cp_engine, {"default": pool}, PoodleHealth(ping=ping, timeout=0.05))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with pool.get():
+            held.set()
+            release.wait(10)
+
+    def wait() -> None:
+        with pool.get(timeout=10):
+            pass
+
+    holder = threading.Thread(target=hold)
+    waiter = threading.Thread(target=wait)
+    holder.start()
+    try:
+        assert held.wait(10)
+        waiter.start()
+        for _ in range(500):
+            if pool.stats().waiting == 1:
+                break
+            threading.Event().wait(0.01)
+        assert pool.stats().waiting == 1
+        response = app.get("/health", expect_errors=True)
+        assert response.json["pools"]["default"]["reason"] == "busy"
+        assert response.status_int == 200
+    finally:
+        release.set()
+        holder.join(10)
+        if waiter.ident is not None:  # started
+            waiter.join(10)
+
+
 @pytest.mark.parametrize(
     ("pools", "error"),
     [("default", TypeError), ([1], TypeError)],
