@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import cherrypy
 
-from .errors import PoolTimeout, PoolUnavailable
+from .errors import PoolTimeout, PoolUnavailable, TooManyWaiters
 from .plugin import PoodlePlugin
 
 __all__ = ["PoodleHealth"]
@@ -122,7 +122,7 @@ class PoodleHealth:
             try:
                 with pool.get(timeout=self.timeout) as conn:
                     self.ping(conn)
-            except PoolTimeout:
+            except (PoolTimeout, TooManyWaiters):  # all in use, max_waiting callers waiting
                 reason = "busy"
             except PoolUnavailable:
                 reason = "circuit open"
