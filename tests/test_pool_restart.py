@@ -179,6 +179,34 @@ def test_keepalive_checks_idle_connections_from_maintain(clock: Clock) -> None:
         assert conn is b
 
 
+def test_keepalive_checked_connections_respect_a_max_size_shrunk_meanwhile(
+    clock: Clock,
+) -> None:
+    # resize() cannot dispose of the connections maintain() has out for their
+    # keepalive check (they are not idle); maintain must then, as a fill does,
+    # rather than put them all back above the new max_size.
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def check(conn: Conn) -> bool:
+        entered.set()
+        assert gate.wait(JOIN)
+        return True
+
+    pool: Pool[Conn] = Pool(Factory(), max_size=3, check=check, keepalive=30.0)
+    fill(pool, 2)
+    clock.advance(31.0)
+    thread, out = run_thread(pool.maintain)
+    assert entered.wait(JOIN)
+    pool.resize(max_size=1)
+    gate.set()
+    join(thread)
+    assert "error" not in out, out
+    stats = pool.stats()
+    assert stats.size <= stats.max_size == 1, stats
+    assert (stats.idle, stats.pending) == (stats.size, 0), stats
+
+
 @pytest.mark.parametrize(
     ("options", "error", "words"),
     [
