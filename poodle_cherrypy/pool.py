@@ -1338,7 +1338,8 @@ class Pool(Generic[CT]):
         if reason is None:
             with self._lock:
                 self._pending -= 1
-                if not self._closed:
+                # Closed, or shrunk by resize() while this one was checked (as in _fill).
+                if not self._closed and self._size <= self._max_size:
                     rec.epoch = self._epoch  # vouched for: a suspect no more
                     waiter = self._shelve(rec, _monotonic())
                     keep = True
