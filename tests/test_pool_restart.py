@@ -207,6 +207,24 @@ def test_keepalive_checked_connections_respect_a_max_size_shrunk_meanwhile(
     assert (stats.idle, stats.pending) == (stats.size, 0), stats
 
 
+def test_maintain_refills_min_size_after_keepalive_checks_drop_connections(
+    clock: Clock,
+) -> None:
+    # A restart in a quiet period: maintain's keepalive checks find the idle
+    # connections dead; the same maintain() opens min_size again, so that the
+    # next caller meets neither a dead connection nor a connect.
+    checks = Checks()
+    pool: Pool[Conn] = Pool(Factory(), min_size=2, max_size=3, check=checks, keepalive=30.0)
+    pool.open(wait=True)
+    dead = fill(pool, 2)
+    clock.advance(31.0)
+    checks.dead = {conn.id for conn in dead}
+    pool.maintain()
+    assert all(conn.closed for conn in dead)
+    stats = pool.stats()
+    assert (stats.size, stats.idle, stats.pending) == (2, 2, 0), stats
+
+
 @pytest.mark.parametrize(
     ("options", "error", "words"),
     [
