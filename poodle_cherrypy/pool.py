@@ -751,7 +751,6 @@ class Pool(Generic[CT]):
                         rec.leak_reported = True
                         leaks.append((rec, held))
                 self._leaks += len(leaks)
-            need = self._reserve_to_min()
         for rec in expired:
             self._dispose(rec)
         for index, rec in enumerate(probe):
@@ -776,6 +775,8 @@ class Pool(Generic[CT]):
                 self._leak_timeout,
                 stack,
             )
+        with self._lock:  # after the checks: what they dropped is refilled too
+            need = self._reserve_to_min()
         self._fill(need, raise_errors=False)
 
     def resize(self, min_size: Optional[int] = None, max_size: Optional[int] = None) -> None:
