@@ -77,6 +77,14 @@ class Handlers:
         return "the commit will fail"
 
     @cherrypy.expose
+    def own_oserror(self) -> str:
+        # The handler's own bug, on a healthy connection: an OSError that the
+        # default broken rule discards the connection for, but no loss.
+        cherrypy.request.conn.execute("SELECT 1")
+        with open(f"/nonexistent/{self.table}"):
+            return "unreachable"
+
+    @cherrypy.expose
     def fine(self) -> str:
         cherrypy.request.conn.execute("SELECT 1")
         return "ok"
@@ -110,6 +118,14 @@ def test_lost_before_any_write_is_503_with_retry_after(app: webtest.TestApp, pat
 @pytest.mark.parametrize("path", ["killed_after_a_write", "killed_before_the_commit"])
 def test_lost_after_a_write_or_at_the_commit_is_500(app: webtest.TestApp, path: str) -> None:
     response = app.get(f"/{path}", status=500)
+    assert "Retry-After" not in response.headers
+    assert app.get("/fine").text == "ok"
+
+
+def test_a_handler_oserror_on_a_live_connection_is_500_not_503(app: webtest.TestApp) -> None:
+    # Nothing was lost: a 503 with Retry-After would pass a server bug off
+    # as a passing outage, to be retried.
+    response = app.get("/own_oserror", status=500)
     assert "Retry-After" not in response.headers
     assert app.get("/fine").text == "ok"
 
