@@ -102,8 +102,13 @@ class _Checkout:
             self.error = exc
             if isinstance(exc, Exception) and not isinstance(exc, cherrypy.HTTPRedirect):
                 self.lost = self.pool.is_broken(self.conn, exc)
-                if self.lost and self.writes is not None and (
-                    getattr(self.conn, "poodle_writes", None) == self.writes
+                if (
+                    self.lost
+                    and self.writes is not None
+                    and getattr(self.conn, "poodle_writes", None) == self.writes
+                    # The connection itself is lost, not only judged so for
+                    # the error (the default rule's any OSError, say).
+                    and self.pool.is_broken(self.conn, None)
                 ):
                     # Nothing this request sent could have changed anything:
                     # retrying is safe, which 503 with Retry-After says.
@@ -236,7 +241,8 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
       (90), which then check nothing out.
 
     A connection lost during the request (the handler raised an error the
-    pool's ``broken`` rule judges fatal) answers 503 with ``Retry-After``
+    pool's ``broken`` rule judges fatal, and the rule judges the connection
+    lost by itself too, as a ``closed`` one) answers 503 with ``Retry-After``
     when the connection counts its writes (a ``poodle_writes`` attribute, as
     :func:`~poodle_cherrypy.drivers.psycopg_connect` makes) and the count did
     not move since checkout: nothing was changed, a retry is safe. Otherwise
