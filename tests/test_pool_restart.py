@@ -225,6 +225,56 @@ def test_maintain_refills_min_size_after_keepalive_checks_drop_connections(
     assert (stats.size, stats.idle, stats.pending) == (2, 2, 0), stats
 
 
+class GatedCheck:
+    """A ``check`` that passes, but waits for ``gate`` once ``armed``."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, conn: Conn) -> bool:
+        if self.armed:
+            self.entered.set()
+            assert self.gate.wait(JOIN)
+        return True
+
+
+def test_a_connection_checked_at_checkout_during_recycle_is_retired() -> None:
+    # recycle() retires every connection open now: one that is out for its
+    # check when it runs must not be vouched for into the new generation.
+    check = GatedCheck()
+    pool: Pool[Conn] = Pool(Factory(), check=check, check_after=0)
+    with pool.get() as old:
+        pass
+    check.armed = True
+    thread, out = run_thread(lambda: pool.get().__enter__())
+    assert check.entered.wait(JOIN)
+    check.armed = False
+    pool.recycle()
+    check.gate.set()
+    join(thread)
+    assert "error" not in out, out
+    assert out["result"] is not old and old.closed
+
+
+def test_a_connection_keepalive_checked_during_recycle_is_retired(clock: Clock) -> None:
+    check = GatedCheck()
+    pool: Pool[Conn] = Pool(Factory(), check=check, keepalive=30.0)
+    (old,) = fill(pool, 1)
+    clock.advance(31.0)
+    check.armed = True
+    thread, out = run_thread(pool.maintain)
+    assert check.entered.wait(JOIN)
+    pool.recycle()
+    check.gate.set()
+    join(thread)
+    assert "error" not in out, out
+    assert old.closed
+    stats = pool.stats()
+    assert (stats.size, stats.idle, stats.pending) == (0, 0, 0), stats
+
+
 @pytest.mark.parametrize(
     ("options", "error", "words"),
     [
