@@ -495,6 +495,9 @@ class Pool(Generic[CT]):
         self._pending = 0
         self._in_use = 0
         self._epoch = getattr(self, "_epoch", 0) + 1
+        # Connections of an epoch below this one were retired by recycle():
+        # no check vouches for them (a check vouches for a suspect only).
+        self._retired_below = self._epoch
         self._drained: Optional[threading.Event] = None
         self._filling = 0  # slots reserved by fills (to min_size), not yet filled or freed
         self._filled = threading.Condition(self._lock)  # notified when _filling drops to 0
@@ -690,6 +693,7 @@ class Pool(Generic[CT]):
                 return
             # Connections of an older epoch are disposed of when they come back.
             self._epoch += 1
+            self._retired_below = self._epoch
             idle, self._idle = self._idle, []
             self._size -= len(idle)
             self._discarded += len(idle)
@@ -1314,17 +1318,21 @@ class Pool(Generic[CT]):
         if reason is None:
             now = _monotonic()
             with self._lock:
-                self._pending -= 1
-                if not self._closed:
-                    if checked:
-                        rec.epoch = self._epoch  # vouched for: a suspect no more
-                    self._lend(rec, since, now)
-                    return rec
-                self._discarded += 1
-                waiter = self._free_slot()
-            assert waiter is None  # a closed pool has no waiters
-            self._dispose(rec)
-            raise PoolClosed(f"pool {self._name!r} was closed while checking a connection")
+                retired = rec.epoch < self._retired_below  # recycle() ran meanwhile
+                if not retired:
+                    self._pending -= 1
+                    if not self._closed:
+                        if checked:
+                            rec.epoch = self._epoch  # vouched for: a suspect no more
+                        self._lend(rec, since, now)
+                        return rec
+                    self._discarded += 1
+                    waiter = self._free_slot()
+            if not retired:
+                assert waiter is None  # a closed pool has no waiters
+                self._dispose(rec)
+                raise PoolClosed(f"pool {self._name!r} was closed while checking a connection")
+            reason = "recycled while it was checked"
         logger.info("pool %r: discarding %r: %s", self._name, rec.conn, reason)
         with self._lock:
             self._discarded += 1
@@ -1339,15 +1347,18 @@ class Pool(Generic[CT]):
         if reason is None:
             with self._lock:
                 self._pending -= 1
-                # Closed, or shrunk by resize() while this one was checked (as in _fill).
-                if not self._closed and self._size <= self._max_size:
+                # Closed, shrunk by resize() or recycled while this one was checked.
+                if (
+                    not self._closed
+                    and self._size <= self._max_size
+                    and rec.epoch >= self._retired_below
+                ):
                     rec.epoch = self._epoch  # vouched for: a suspect no more
                     waiter = self._shelve(rec, _monotonic())
                     keep = True
                 else:
                     self._discarded += 1
-                    self._size -= 1
-                    waiter = None
+                    waiter = self._free_slot()  # a waiter's, unless closed or shrunk
                     keep = False
             if waiter is not None:
                 waiter.lock.release()
