@@ -275,6 +275,57 @@ def test_a_connection_keepalive_checked_during_recycle_is_retired(clock: Clock) 
     assert (stats.size, stats.idle, stats.pending) == (0, 0, 0), stats
 
 
+def gated_factory() -> tuple[Factory, threading.Event, threading.Event]:
+    """A Factory whose calls wait for ``gate`` (``entered`` set on each call)."""
+    factory = Factory()
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def hook() -> None:
+        entered.set()
+        assert gate.wait(JOIN)
+
+    factory.hook = hook
+    return factory, entered, gate
+
+
+def test_a_connection_a_caller_opens_during_recycle_is_retired_when_it_comes_back() -> None:
+    # Its factory call began before recycle() (with the old credentials, say):
+    # it is one of the connections recycle() retires.
+    factory, entered, gate = gated_factory()
+    pool: Pool[Conn] = Pool(factory)
+
+    def use() -> Conn:
+        with pool.get() as conn:
+            return conn
+
+    thread, out = run_thread(use)
+    assert entered.wait(JOIN)
+    pool.recycle()
+    gate.set()
+    join(thread)
+    assert "error" not in out, out
+    assert out["result"].closed
+    assert pool.stats().idle == 0
+
+
+def test_a_connection_a_fill_opens_during_recycle_is_retired() -> None:
+    factory, entered, gate = gated_factory()
+    pool: Pool[Conn] = Pool(factory, min_size=1)
+    pool.open()  # the fill's connect waits at the gate
+    assert entered.wait(JOIN)
+    pool.recycle()
+    gate.set()
+    deadline = time.monotonic() + JOIN
+    while pool.stats().pending:
+        assert time.monotonic() < deadline, "the fill did not end"
+        time.sleep(0.01)
+    assert factory.made[0].closed
+    pool.maintain()  # min_size is refilled with a connection of the new generation
+    with pool.get() as conn:
+        assert conn is not factory.made[0] and not conn.closed
+
+
 @pytest.mark.parametrize(
     ("options", "error", "words"),
     [
