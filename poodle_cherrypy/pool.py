@@ -1064,6 +1064,7 @@ class Pool(Generic[CT]):
     def _open_lent(self, since: float) -> _Conn:
         """Open a connection in a slot this thread reserved, and lend it to the
         get() begun at ``since``."""
+        epoch = self._epoch  # a recycle() during the factory call retires the connection
         try:
             rec = self._connect()
         except BaseException:
@@ -1072,7 +1073,8 @@ class Pool(Generic[CT]):
         with self._lock:
             self._pending -= 1
             if not self._closed:
-                rec.epoch = self._epoch
+                # Retired, it is lent once and disposed of when it comes back.
+                rec.epoch = self._epoch if epoch >= self._retired_below else epoch
                 self._lend(rec, since, rec.created)
                 return rec
             self._discarded += 1
@@ -1536,6 +1538,7 @@ class Pool(Generic[CT]):
         for done in range(need):
             with self._lock:
                 closed = self._closed
+                epoch = self._epoch  # a recycle() during the factory call retires the connection
             if closed:
                 self._fill_gave_up(need - done)  # no connect starts after close()
                 return
@@ -1563,12 +1566,15 @@ class Pool(Generic[CT]):
                 self._filling -= 1
                 if not self._filling:
                     self._filled.notify_all()
-                # Closed, or shrunk by resize() while this one was opening.
-                if self._closed or self._size > self._max_size:
+                # Closed, shrunk by resize() or recycled while this one was opening.
+                if (
+                    self._closed
+                    or self._size > self._max_size
+                    or epoch < self._retired_below
+                ):
                     self._discarded += 1
-                    self._size -= 1
                     discard = True
-                    waiter = None
+                    waiter = self._free_slot()  # a waiter's, unless closed or shrunk
                 else:
                     rec.epoch = self._epoch
                     discard = False
