@@ -19,7 +19,8 @@ engine's pools, as JSON, and a status a load balancer's check can act on::
 
 The balancer then takes the node out of rotation while its database path is
 down and puts it back when it recovers, with no traffic needed to find out:
-the health check's own checkout is the pool's retry.
+the pool's probe thread (``probe_interval``) reconnects by itself, or, with
+``probe_interval=None``, the health check's own checkout is the pool's retry.
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ class PoodleHealth:
         if stats.closed:
             reason = "closed"
         elif self.ping is not None:
-            # Even with the circuit open: the checkout is then the pool's retry
-            # when one is due, and fails at once (PoolUnavailable) otherwise.
+            # Even with the circuit open: it fails at once (PoolUnavailable)
+            # while the probe thread retries; with probe_interval=None the
+            # checkout is the pool's retry when one is due.
             try:
                 with pool.get(timeout=self.timeout) as conn:
                     self.ping(conn)

@@ -1252,7 +1252,7 @@ class Pool(Generic[CT]):
         rec = _Conn(conn, _monotonic(), self._pid)
         took = rec.created - start
         with self._lock:
-            self._close_circuit(took)
+            recovered = self._close_circuit(took)
             keep = not self._closed and self._size < self._max_size
             if keep:
                 self._size += 1
@@ -1261,7 +1261,8 @@ class Pool(Generic[CT]):
             else:
                 self._discarded += 1
                 waiter = None
-        logger.warning("pool %r: connecting works again; circuit closed", self._name)
+        if recovered:  # else a caller's connect closed it first, and said so
+            logger.warning("pool %r: connecting works again; circuit closed", self._name)
         if self._listeners:
             self._notify("create_time", took)
         if not keep:
