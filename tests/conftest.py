@@ -63,6 +63,16 @@ def postgres_dsn() -> str:
 
 
 @pytest.fixture
+def database(postgres_dsn: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database's DSN, dropped after the test (the
+    deployment tests' own: see tests/deployment.py)."""
+    from deployment import throwaway_database
+
+    with throwaway_database(postgres_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
 def mysql_params() -> dict[str, Any]:
     """PyMySQL connect() keyword arguments for the MariaDB on loopback."""
     require_module("pymysql")

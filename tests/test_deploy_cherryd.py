@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,19 +30,11 @@ from deployment import (
     seed,
     socket_holders,
     status,
-    throwaway_database,
     url_of,
     wait_for,
 )
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.deploy]
-
-
-@pytest.fixture
-def database(postgres_dsn: str) -> Iterator[str]:
-    """A throwaway database's DSN."""
-    with throwaway_database(postgres_dsn) as dsn:
-        yield dsn
 
 
 def cherryd(tmp: Path, port: int, database: str, name: str) -> tuple[Process, Path, Path]:

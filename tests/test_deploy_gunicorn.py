@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from deployment import (
     only_sessions_of,
     pids_answering,
     seed,
-    throwaway_database,
     url_of,
     wait_for,
     workers_alive,
@@ -38,13 +36,6 @@ from deployment import (
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.deploy]
 
 WORKERS = 3
-
-
-@pytest.fixture
-def database(postgres_dsn: str) -> Iterator[str]:
-    """A throwaway database's DSN."""
-    with throwaway_database(postgres_dsn) as dsn:
-        yield dsn
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from deployment import (
     gunicorn,
     pgbouncer_app_config,
     seed,
-    throwaway_database,
     wait_for,
     workers_serving,
 )
@@ -32,13 +30,6 @@ pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.deploy]
 
 #: How long after HAProxy marked the host down a request may still have been in flight.
 IN_FLIGHT = 1.0
-
-
-@pytest.fixture
-def database(postgres_dsn: str) -> Iterator[str]:
-    """A throwaway database's DSN."""
-    with throwaway_database(postgres_dsn) as dsn:
-        yield dsn
 
 
 def test_haproxy_routes_around_a_host_whose_database_path_is_down(

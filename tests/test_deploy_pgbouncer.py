@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,20 +21,12 @@ from deployment import (
     gunicorn,
     pgbouncer_app_config,
     seed,
-    throwaway_database,
     workers_serving,
 )
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.deploy]
 
 LOAD_SECONDS = 10.0
-
-
-@pytest.fixture
-def database(postgres_dsn: str) -> Iterator[str]:
-    """A throwaway database's DSN."""
-    with throwaway_database(postgres_dsn) as dsn:
-        yield dsn
 
 
 @pytest.mark.parametrize("recipe", [True, False], ids=["recipe", "psycopg-defaults"])

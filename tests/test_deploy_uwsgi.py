@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from deployment import (
     only_sessions_of,
     pids_answering,
     seed,
-    throwaway_database,
     url_of,
     uwsgi,
     wait_for,
@@ -36,13 +34,6 @@ from deployment import (
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.deploy]
 
 PROCESSES = 3
-
-
-@pytest.fixture
-def database(postgres_dsn: str) -> Iterator[str]:
-    """A throwaway database's DSN."""
-    with throwaway_database(postgres_dsn) as dsn:
-        yield dsn
 
 
 def replaced(master: int, gone: set[int]) -> list[int] | None:
