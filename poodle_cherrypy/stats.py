@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from typing import Any, Optional
 
-__all__ = ["BUCKET_BOUNDS", "Histogram", "PoolStats"]
+__all__ = ["BUCKET_BOUNDS", "RECENT_SECONDS", "Histogram", "PoolStats", "RecentWindow"]
 
 #: The upper bounds, in seconds, of the buckets every pool histogram counts in:
 #: from a tenth of a millisecond (a checkout that did not wait) to a minute (a
@@ -169,3 +170,60 @@ class PoolStats:
             if isinstance(value, Histogram):
                 data[key] = value.as_dict()
         return data
+
+
+#: Seconds of history the "recent" figures of a PoolTimeout message cover at
+#: least (up to twice as much: see :class:`RecentWindow`).
+RECENT_SECONDS = 60.0
+
+
+class RecentWindow:
+    """The recent stretch of a pool's wait and use histograms, for the figures
+    a :class:`~poodle_cherrypy.PoolTimeout` message gives ("in the last 75 s:
+    wait p99 0.2 s over 812 checkouts, mean use 0.04 s over 805 returns").
+
+    It keeps two snapshots (when, wait_time, use_time), the older first, and
+    counts from the older one. A new one is taken when the newest is
+    ``seconds`` old, so the figures cover 1 to 2 times ``seconds`` as long as
+    :meth:`mark` runs regularly (the plugin's maintenance runs every 10 s).
+    Like the breaker it has no lock or clock: the pool calls it under its
+    lock and gives it the time.
+    """
+
+    __slots__ = ("_marks", "seconds")
+
+    def __init__(self, now: float, seconds: float = RECENT_SECONDS) -> None:
+        empty = Histogram.of_counts([0] * (len(BUCKET_BOUNDS) + 1), 0.0)
+        self.seconds = seconds
+        """How old the newest snapshot gets before a new one is taken."""
+        self._marks: deque[tuple[float, Histogram, Histogram]] = deque(
+            [(now, empty, empty)], maxlen=2
+        )
+
+    def due(self, now: float) -> bool:
+        """Whether :meth:`mark` would take a snapshot at ``now``."""
+        return now - self._marks[-1][0] >= self.seconds
+
+    def mark(self, now: float, wait_time: Histogram, use_time: Histogram) -> None:
+        """Take a snapshot of the histograms as they are at ``now``, if one is due."""
+        if self.due(now):
+            self._marks.append((now, wait_time, use_time))
+
+    def describe(self, now: float, wait_time: Histogram, use_time: Histogram) -> str:
+        """The recent wait p99 and mean use, from the histograms as they are at ``now``."""
+        since, wait_mark, use_mark = self._marks[0]
+        waits = wait_time.since(wait_mark)
+        uses = use_time.since(use_mark)
+        p99 = waits.quantile(0.99)
+        mean = uses.mean
+        wait = (
+            "no checkout"
+            if p99 is None
+            else f"wait p99 {p99:.3g} s over {waits.count} checkout(s)"
+        )
+        use = (
+            "no connection returned"
+            if mean is None
+            else f"mean use {mean:.3g} s over {uses.count} return(s)"
+        )
+        return f"in the last {now - since:.0f} s: {wait}, {use}"

@@ -371,9 +371,9 @@ def test_connects_in_flight_when_the_circuit_opens_count_once(clock: Clock) -> N
         assert isinstance(out["error"], OSError)
     stats = pool.stats()
     assert (stats.circuit, stats.connect_failures, stats.errors) == ("open", 1, 6)
-    assert pool._retry_at is not None
+    assert pool._breaker.retry_at is not None
     # One failure's delay (1 s +-25%), not 2^5 s.
-    assert pool._retry_at - clock.now <= 1.25
+    assert pool._breaker.retry_at - clock.now <= 1.25
 
 
 def test_probe_thread_closes_the_circuit_soon_after_the_factory_works() -> None:
