@@ -11,6 +11,7 @@ program put on the root logger see each record once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import cherrypy
@@ -50,6 +51,17 @@ class ToCherryPyErrorLog(logging.Handler):
 _lock = threading.Lock()
 _handler = ToCherryPyErrorLog()
 _users: set[int] = set()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent's may have held the lock at the fork: in the
+    # child that thread is gone and the lock would stay held for ever.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def route(user: object) -> None:

@@ -62,6 +62,17 @@ def _harmless(query: object) -> bool:
     return isinstance(query, str) and _HARMLESS.match(query) is not None
 
 
+#: The attribute on which the connections of :func:`psycopg_connect` count the
+#: statements that may write; ``tools.poodle`` reads it to tell a request
+#: that wrote nothing (a lost connection answers 503, safe to retry) from one
+#: that may have (500).
+WRITES_ATTRIBUTE = "poodle_writes"
+
+
+def _wrote(conn: Any) -> None:
+    setattr(conn, WRITES_ATTRIBUTE, getattr(conn, WRITES_ATTRIBUTE, 0) + 1)
+
+
 @functools.cache
 def _counting_cursor() -> type[Any]:
     import psycopg
@@ -72,20 +83,20 @@ def _counting_cursor() -> type[Any]:
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             if not _harmless(query):
-                self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+                _wrote(self.connection)
             return super().execute(query, params, **kwargs)
 
         def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
-            self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+            _wrote(self.connection)
             super().executemany(query, params_seq, **kwargs)
 
         def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
-            self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+            _wrote(self.connection)
             return super().copy(statement, params, **kwargs)
 
         def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             if not _harmless(query):
-                self.connection.poodle_writes += 1  # type: ignore[attr-defined]
+                _wrote(self.connection)
             return super().stream(query, params, **kwargs)
 
     return CountingCursor
@@ -110,7 +121,7 @@ def psycopg_connect(conninfo: str = "", **kwargs: Any) -> psycopg.Connection[Any
     options: dict[str, Any] = {"cursor_factory": _counting_cursor()}
     options.update(kwargs)
     conn = psycopg.connect(conninfo, **options)
-    conn.poodle_writes = 0  # type: ignore[attr-defined]
+    setattr(conn, WRITES_ATTRIBUTE, 0)
     return conn
 
 

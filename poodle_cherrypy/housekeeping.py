@@ -11,8 +11,10 @@ maintenance tasks apart:
   of one that ``recycle()`` retired while it was being opened;
 - :func:`maintain`: the steps of ``Pool.maintain()``: :func:`sweep` the idle
   connections (expire them, pick those due a keepalive check), dispose of the
-  expired, run the :func:`keepalive` checks, :func:`report_leaks`, refill;
-- :func:`probe_loop`: the probe thread while the circuit is open;
+  expired, run the :func:`keepalive` checks, :func:`report_leaks` (noted at
+  checkout by :func:`track_checkout`, HikariCP's ``ProxyLeakTask``), refill;
+- :func:`probe_loop` and :func:`probe_step`: the probe thread while the
+  circuit is open, which puts the connection that closes it in the pool;
 - :class:`Threads`: the threads a pool starts, which ``close()`` stops and
   joins.
 
@@ -27,21 +29,23 @@ joins, in real seconds), so that a test's fake clock drives both.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import PoolUnavailable
+from .records import Record
 
 if TYPE_CHECKING:  # for annotations only: pool.py imports this module
     from .pool import Pool
-    from .records import Record
 
 __all__ = [
     "Threads", "fill", "fill_gave_up", "keepalive", "maintain", "overdue", "probe_loop",
-    "report_leaks", "sweep",
+    "probe_step", "report_leaks", "sweep", "track_checkout",
 ]
 
 logger = logging.getLogger("poodle_cherrypy")
@@ -178,6 +182,19 @@ def keepalive(pool: Pool[Any], to_check: Sequence[Record], clock: Callable[[], f
             pool._connector.dispose(rec.conn)
 
 
+def track_checkout(pool: Pool[Any], rec: Record) -> None:
+    """Note where ``rec`` was checked out, for :func:`report_leaks` (with
+    ``leak_timeout``; the pool noted when). Called by ``Pool._acquire``, so
+    the caller's frame is three up."""
+    rec.leak_reported = False
+    rec.stack = traceback.StackSummary.extract(
+        traceback.walk_stack(sys._getframe(3)), limit=40, lookup_lines=False
+    )
+    rec.stack.reverse()
+    with pool._lock:
+        pool._lent.add(rec)
+
+
 def report_leaks(pool: Pool[Any], leaks: Iterable[tuple[Record, float]]) -> None:
     """Log a WARNING, with the checkout's stack, for each connection :func:`overdue` found."""
     for rec, held in leaks:
@@ -258,8 +275,10 @@ def fill_gave_up(pool: Pool[Any], left: int) -> None:
             pool._fills_done.notify_all()
 
 
-def probe_loop(ref: weakref.ReferenceType[Pool[Any]], stopping: threading.Event) -> None:
-    """The probe thread of a pool whose circuit is open: ``Pool._probe_once``
+def probe_loop(
+    ref: weakref.ReferenceType[Pool[Any]], stopping: threading.Event, clock: Callable[[], float]
+) -> None:
+    """The probe thread of a pool whose circuit is open: :func:`probe_step`
     until it says the circuit (or the pool) is closed.
 
     It holds the pool only weakly between steps, so that a pool dropped
@@ -270,12 +289,61 @@ def probe_loop(ref: weakref.ReferenceType[Pool[Any]], stopping: threading.Event)
         pool = ref()
         if pool is None:
             return
-        delay = pool._probe_once()
+        delay = probe_step(pool, clock)
         del pool
         if delay is None:
             return
         if delay > 0:
             stopping.wait(delay)
+
+
+def probe_step(pool: Pool[Any], clock: Callable[[], float]) -> Optional[float]:
+    """One step of the probe thread: probe if the breaker says it is due.
+
+    The probe's connection, opened outside any slot, closes the circuit and
+    joins the pool in one step under the lock (so that no caller opens
+    another one meanwhile), if a slot is free and ``recycle()`` did not
+    retire it during the connect. Returns the seconds to sleep first, or
+    None when the circuit or the pool is closed (checked under the lock, so
+    that a circuit that opens again keeps its thread).
+    """
+    breaker = pool._breaker
+    try:
+        with pool._lock:
+            delay = None if pool._closed else breaker.probe_due(clock())
+            if delay is None:
+                breaker.stop_probing()
+            epoch = pool._epoch  # a recycle() during the factory call retires it
+        if delay is None or delay > 0:
+            return delay
+        start = clock()
+        try:
+            conn = pool._connector.call()
+        except Exception as exc:
+            pool._connect_failed(exc, probe=True)
+            return 0.0
+        rec = Record(conn, clock(), pool._pid)
+    except BaseException:
+        with pool._lock:
+            breaker.stop_probing()
+        raise
+    took = rec.created - start
+    with pool._lock:
+        recovered = pool._connector.succeeded(took)
+        keep = not pool._closed and pool._size < pool._max_size and epoch >= pool._retired_below
+        if keep:
+            pool._size += 1
+            rec.epoch = pool._epoch
+            waiter = pool._shelve(rec, rec.created)
+        else:
+            pool._discarded += 1
+            waiter = None
+    pool._say_connected(took, recovered)
+    if not keep:
+        pool._connector.dispose(rec.conn)
+    if waiter is not None:
+        waiter.lock.release()
+    return 0.0
 
 
 # -- threads -------------------------------------------------------------------
@@ -306,10 +374,11 @@ class Threads:
         """The pool (re)opened: threads may sleep again."""
         self.stopping.clear()
 
-    def stop_and_join(self, timeout: float) -> list[threading.Thread]:
+    def stop_and_join(self, timeout: float, name: str) -> list[threading.Thread]:
         """Set ``stopping`` and join the threads, ``timeout`` seconds in all;
         the threads still alive then (each in a connect that has not
-        returned). The calling thread, if one of them, is not waited for."""
+        returned), logged as a WARNING naming the pool ``name``. The calling
+        thread, if one of them, is not waited for."""
         self.stopping.set()
         clock = time.monotonic  # a real wait, whatever clock the pool's logic runs on
         deadline = clock() + timeout
@@ -322,4 +391,10 @@ class Threads:
             if thread.is_alive():
                 alive.append(thread)
         self._threads = alive
+        if alive:
+            logger.warning(
+                "pool %r: closed while %s still connecting after %g s (the pool's timeout); "
+                "left to end in the background, the connection closed when it returns",
+                name, ", ".join(repr(thread.name) for thread in alive), timeout,
+            )
         return alive

@@ -159,14 +159,22 @@ def pools_of(source: PoolSource) -> list[tuple[str, Pool[Any]]]:
             f"pools must be None, a PoodlePlugin, a Pool or an iterable of Pools, got {source!r}"
         )
     pools = list(source)
+    names: set[str] = set()
     for pool in pools:
         if not isinstance(pool, Pool):
             raise TypeError(f"pools must hold Pool objects only, got {pool!r}")
+        if pool.name in names:
+            # Their samples would carry the same labels, and a scrape refuses that.
+            raise ValueError(
+                f"two pools are named {pool.name!r}: give each a name of its own (Pool(name=...))"
+            )
+        names.add(pool.name)
     return [(pool.name, pool) for pool in pools]
 
 
 def checked_source(source: PoolSource) -> PoolSource:
-    """``source``, checked (a :class:`TypeError` names a bad one) and, if it
+    """``source``, checked (a :class:`TypeError` names a bad one, a
+    ``ValueError`` two pools of one name) and, if it
     is an iterable of pools, copied into a tuple: what an exporter keeps."""
     if source is None or isinstance(source, (PoodlePlugin, Pool)):
         return source

@@ -22,19 +22,19 @@ the pools through it.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Optional, Union
 
 import cherrypy
-from cherrypy._cpwsgi import VirtualHost
 from cherrypy.process.plugins import Monitor, SimplePlugin
 
 from . import cplog
 from .config import build_pool, parse_namespace
+from .options import check_seconds
 from .pool import Pool
+from .startcheck import tool_config_problems
 
 __all__ = ["PoodlePlugin", "get_pool"]
 
@@ -43,14 +43,6 @@ PLUGIN_OPTIONS = frozenset({"maintain_interval", "close_timeout"})
 
 #: The plugin subscribed to each bus (at most one).
 _plugins: dict[Any, PoodlePlugin] = {}
-
-
-def _seconds(name: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
-    return float(value)
 
 
 class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
@@ -100,9 +92,9 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
         super().__init__(bus)
         self.pools: dict[str, Pool[Any]] = {}
         """The pools by name."""
-        self.maintain_interval = _seconds("maintain_interval", maintain_interval)
+        self.maintain_interval = check_seconds("maintain_interval", maintain_interval)
         """Seconds between two maintenance runs (0: none); read at ``start``."""
-        self.close_timeout = _seconds("close_timeout", close_timeout)
+        self.close_timeout = check_seconds("close_timeout", close_timeout)
         """Seconds ``stop`` waits in all for connections still in use."""
         self._specs: dict[str, dict[str, Any]] = {}  # of the pools declared in config
         self._monitor: Optional[Monitor] = None
@@ -154,20 +146,23 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
             self._open(name, pool)
 
     @classmethod
+    def lookup(cls, bus: Any = None) -> Optional[PoodlePlugin]:
+        """The plugin subscribed to ``bus`` (default ``cherrypy.engine``), or None."""
+        return _plugins.get(cherrypy.engine if bus is None else bus)
+
+    @classmethod
     def for_bus(cls, bus: Any = None) -> PoodlePlugin:
         """The plugin subscribed to ``bus`` (default ``cherrypy.engine``).
 
         Raises ``LookupError`` when there is none.
         """
-        if bus is None:
-            bus = cherrypy.engine
-        try:
-            return _plugins[bus]
-        except KeyError:
+        plugin = cls.lookup(bus)
+        if plugin is None:
             raise LookupError(
                 "no PoodlePlugin is subscribed to this engine: declare a pool in config "
                 "(poodle.<name>.factory = 'module:callable') or subscribe a PoodlePlugin"
-            ) from None
+            )
+        return plugin
 
     # -- bus channels --------------------------------------------------------
 
@@ -228,7 +223,7 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
         """The tool config mistakes; log the doubts, and a bug of the check itself."""
         warnings: list[str] = []
         try:
-            problems = _tool_config_problems(self.pools, warnings)
+            problems = tool_config_problems(self.pools, warnings)
         except Exception:
             # Only a config mistake may stop the engine, never the check's own bug.
             self.bus.log(
@@ -395,106 +390,6 @@ class ConfigNamespace:
             plugin = PoodlePlugin(cherrypy.engine)
             plugin.subscribe()
         for option, value in options.items():
-            setattr(plugin, option, _seconds(f"poodle.{option}", value))
+            setattr(plugin, option, check_seconds(f"poodle.{option}", value))
         for name, spec in specs.items():
             plugin._declare(name, spec)
-
-
-# -- checking the request tool's config at start -----------------------------
-
-
-def _applications(entries: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """The ``cherrypy.Application`` objects of the tree, with where each is.
-
-    ``tree.graft`` puts any WSGI callable in the tree: only Applications have
-    config, and a ``VirtualHost`` is looked into for those it dispatches to.
-    """
-    found: list[tuple[str, Any]] = []
-    seen: set[int] = set()
-
-    def visit(where: str, entry: Any) -> None:
-        if id(entry) in seen:
-            return
-        seen.add(id(entry))
-        if isinstance(entry, cherrypy.Application):
-            found.append((where, entry))
-        elif isinstance(entry, VirtualHost):
-            visit(f"{where} (default host)", entry.default)
-            for domain, app in dict(entry.domains).items():
-                visit(f"{where} (host {domain!r})", app)
-
-    for script_name, entry in entries.items():
-        visit(script_name or "/", entry)
-    return found
-
-
-def _poodle_tools() -> dict[str, Any]:
-    return {
-        name: tool
-        for name, tool in vars(cherrypy.tools).items()
-        if callable(getattr(tool, "option_problem", None))
-    }
-
-
-def _tool_config_problems(
-    pools: Mapping[str, Pool[Any]], warnings: Optional[list[str]] = None
-) -> list[str]:
-    """What is wrong with the ``tools.<poodle tool>.*`` keys of the mounted apps.
-
-    Checks the global config and the config of every ``cherrypy.Application``
-    in the tree (those behind a ``VirtualHost`` included; other grafted WSGI
-    callables have none). A key is resolved along a section's path as a
-    request sees it: ``Application.find_config``, then the global config.
-
-    Returns the config mistakes (a bad value, an unknown option or pool). A
-    tool switched on where no config names a pool, while pool ``default`` is
-    not declared, is appended to ``warnings`` instead: a controller's
-    ``_cp_config``, which only a request's dispatch sees, may name one.
-    """
-    tools = _poodle_tools()
-    if not tools:
-        return []
-    problems: list[str] = []
-    apps = _applications(cherrypy.tree.apps)
-    # (where, section, config) of every section that can hold tool keys.
-    sections: list[tuple[str, Mapping[str, Any]]] = [("global", cherrypy.config)]
-    for where, app in apps:
-        for section, conf in app.config.items():
-            if isinstance(conf, Mapping) and section.startswith("/"):
-                sections.append((f"{where} [{section}]", conf))
-    for where, conf in sections:
-        for key, value in conf.items():
-            namespace, _, rest = key.partition(".")
-            tool_name, _, option = rest.partition(".")
-            if namespace != "tools" or tool_name not in tools:
-                continue
-            problem = tools[tool_name].option_problem(option, value)
-            if problem is not None:
-                problems.append(f"{where} {key}: {problem}")
-            elif option == "pool" and value not in pools:
-                problems.append(
-                    f"{where} {key} = {value!r}: no such pool; the pools are {sorted(pools)}"
-                )
-    if warnings is None or "default" in pools:
-        return problems
-    for tool_name in tools:
-        on_key, pool_key = f"tools.{tool_name}.on", f"tools.{tool_name}.pool"
-        for where, app in apps:
-            for section in sorted({"/", *(s for s in app.config if s.startswith("/"))}):
-                # Looked at where it is switched on: in the section, or globally.
-                if on_key in app.config.get(section, {}):
-                    at = f"{where} [{section}]"
-                elif section == "/" and on_key in cherrypy.config:
-                    at = "global"
-                else:
-                    continue
-                on = app.find_config(section, on_key, cherrypy.config.get(on_key, False))
-                pool = app.find_config(section, pool_key, cherrypy.config.get(pool_key))
-                warning = (
-                    f"{at} {on_key}: uses pool 'default', which is not declared; the pools "
-                    f"are {sorted(pools)} (set {pool_key}), unless a controller's "
-                    f"_cp_config names one"
-                )
-                if on is True and pool is None and warning not in warnings:
-                    warnings.append(warning)
-    return problems

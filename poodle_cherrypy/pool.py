@@ -22,15 +22,14 @@ How it stays correct and fast:
   served at once from the idle stack records a wait of 0, and the histograms
   are plain counters bumped under the lock the pool takes anyway.
 
-The class keeps the ledger and its policy, in sections: lending (the checkout
-and the FIFO hand-off), opening (the factory call through the breaker),
-vetting (check, ``check_after``, epochs), returning, housekeeping, timing,
-stats and fork. The pieces with state and a job of their own live beside it:
-the circuit breaker in :mod:`poodle_cherrypy.breaker`, the fill, maintenance,
-keepalive and probe steps and the pool's threads in
-:mod:`poodle_cherrypy.housekeeping`, the recent-window figures in
-:mod:`poodle_cherrypy.stats`, the option checks in
-:mod:`poodle_cherrypy.options` (docs/pool.rst, "How the pool is built").
+:class:`Pool` keeps the ledger (size = idle + in use + pending, the epochs,
+closed) and its policy, in sections: lending, opening, vetting, returning,
+housekeeping, timing, fork. Beside it (docs/pool.rst, "How the pool is
+built"): :mod:`~poodle_cherrypy.records` (what it knows of a connection),
+:mod:`~poodle_cherrypy.connector` (make, vet, close one connection),
+:mod:`~poodle_cherrypy.breaker`, :mod:`~poodle_cherrypy.housekeeping` (fill,
+maintain, keepalive, probe, the threads), :mod:`~poodle_cherrypy.stats` and
+:mod:`~poodle_cherrypy.options`.
 """
 
 from __future__ import annotations
@@ -39,10 +38,8 @@ import bisect
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +73,11 @@ _monotonic = time.monotonic
 _bucket = bisect.bisect_left
 _FIRST_BOUND = BUCKET_BOUNDS[0]
 _names = itertools.count(1)
+
+
+def _now() -> float:
+    """The pool's clock, for housekeeping (a test may replace ``_monotonic``)."""
+    return _monotonic()
 
 #: A timing listener: called as ``listener(metric, seconds)``.
 TimingListener = Callable[[str, float], object]
@@ -337,10 +339,8 @@ class Pool(Generic[CT]):
         self._rejected = 0
         self._leaks = 0
         self._connector.forget()
-        # Histograms: per-bucket counts over BUCKET_BOUNDS (one more than the
-        # bounds: the last is "longer") and the sum of the values, in seconds.
-        # The hot paths in Lease leave some first-bucket counts implicit: see
-        # _wait_time and _use_time, the only readers.
+        # Histograms: counts per bucket of BUCKET_BOUNDS (and one "longer"), and
+        # the sums. Lease leaves some first-bucket counts implicit (_wait_time).
         buckets = len(BUCKET_BOUNDS) + 1
         self._wait_counts = [0] * buckets
         self._wait_sum = 0.0
@@ -488,13 +488,7 @@ class Pool(Generic[CT]):
             waiter.lock.release()
         for rec in idle:
             self._connector.dispose(rec.conn)
-        alive = self._threads.stop_and_join(self._timeout)
-        if alive:
-            logger.warning(
-                "pool %r: closed while %s still connecting after %g s (the pool's timeout); "
-                "left to end in the background, the connection closed when it returns",
-                self._name, ", ".join(repr(thread.name) for thread in alive), self._timeout,
-            )
+        self._threads.stop_and_join(self._timeout, self._name)
         if drained is not None and not drained.wait(timeout):
             with self._lock:
                 in_use = self._in_use
@@ -543,7 +537,7 @@ class Pool(Generic[CT]):
         logged, not raised. On a closed pool it does nothing. (The steps are
         :func:`poodle_cherrypy.housekeeping.maintain`.)
         """
-        housekeeping.maintain(self, _monotonic)
+        housekeeping.maintain(self, _now)
 
     def resize(self, min_size: Optional[int] = None, max_size: Optional[int] = None) -> None:
         """Change ``min_size`` and/or ``max_size`` while the pool is in use.
@@ -664,7 +658,7 @@ class Pool(Generic[CT]):
         elif vet:
             rec = self._vetted(rec, since)  # type: ignore[arg-type]
         if self._leak_timeout is not None:
-            self._track(rec)  # type: ignore[arg-type]
+            housekeeping.track_checkout(self, rec)  # type: ignore[arg-type]
         if self._listeners:
             # The very difference _lend recorded.
             self._notify("wait_time", rec.checked_out - since)  # type: ignore[union-attr]
@@ -681,14 +675,12 @@ class Pool(Generic[CT]):
         self._wait_sum += waited
 
     def _hand_slot_to_self(self) -> Sentinel:
-        # Under the lock: reserve a slot for a connection the caller will open.
-        self._size += 1
+        self._size += 1  # under the lock: a slot for a connection the caller opens
         self._pending += 1
         return CREATE
 
     def _serve_slot(self) -> Waiter:
-        # Under the lock: give the longest waiter a slot (already counted in
-        # _size) to open a connection in.
+        # Under the lock: the longest waiter gets a slot (in _size) to open one in.
         waiter = self._waiters.popleft()
         self._pending += 1
         waiter.result = CREATE
@@ -766,17 +758,6 @@ class Pool(Generic[CT]):
         elif result is CREATE:
             self._give_up_slot()
 
-    def _track(self, rec: Record) -> None:
-        """Note where a connection was checked out (leak_timeout set; _lend
-        noted when)."""
-        rec.leak_reported = False
-        rec.stack = traceback.StackSummary.extract(
-            traceback.walk_stack(sys._getframe(3)), limit=40, lookup_lines=False
-        )
-        rec.stack.reverse()
-        with self._lock:
-            self._lent.add(rec)
-
     # -- opening: the factory call, through the circuit breaker ----------------
 
     def _open_lent(self, since: float) -> Record:
@@ -844,65 +825,10 @@ class Pool(Generic[CT]):
             return
         if trip.start_prober:
             self._threads.start(
-                housekeeping.probe_loop, (weakref.ref(self), self._threads.stopping),
+                housekeeping.probe_loop, (weakref.ref(self), self._threads.stopping, _now),
                 f"{self._name}-probe",
             )
         self._connector.say_failed(trip, exc)
-
-    def _probe_once(self) -> Optional[float]:
-        """One step of the probe thread (see
-        :func:`~poodle_cherrypy.housekeeping.probe_loop`): probe if the breaker
-        says it is due, adopting the connection made (which closes the
-        circuit). The seconds to sleep first, or None when the circuit or the
-        pool is closed (checked under the lock, so that a circuit that opens
-        again keeps its thread)."""
-        breaker = self._breaker
-        try:
-            with self._lock:
-                delay = None if self._closed else breaker.probe_due(_monotonic())
-                if delay is None:
-                    breaker.stop_probing()
-                epoch = self._epoch  # a recycle() during the factory call retires it
-            if delay is None or delay > 0:
-                return delay
-            start = _monotonic()
-            try:
-                conn = self._connector.call()
-            except Exception as exc:
-                self._connect_failed(exc, probe=True)
-                return 0.0
-            self._adopt(Record(conn, _monotonic(), self._pid), start, epoch)
-            return 0.0
-        except BaseException:
-            with self._lock:
-                breaker.stop_probing()
-            raise
-
-    def _adopt(self, rec: Record, start: float, epoch: int) -> None:
-        """A probe's connection, its connect begun at ``start`` in ``epoch``,
-        opened outside any slot: close the circuit and keep it if a slot is
-        free and ``recycle()`` did not retire it meanwhile, in one step (so
-        that no caller opens another one meanwhile)."""
-        took = rec.created - start
-        with self._lock:
-            recovered = self._connector.succeeded(took)
-            keep = (
-                not self._closed
-                and self._size < self._max_size
-                and epoch >= self._retired_below
-            )
-            if keep:
-                self._size += 1
-                rec.epoch = self._epoch
-                waiter = self._shelve(rec, rec.created)
-            else:
-                self._discarded += 1
-                waiter = None
-        self._say_connected(took, recovered)
-        if not keep:
-            self._connector.dispose(rec.conn)
-        if waiter is not None:
-            waiter.lock.release()
 
     # -- vetting: check, check_after, max_lifetime, epochs ----------------------
 
@@ -980,19 +906,13 @@ class Pool(Generic[CT]):
         found_broken: bool = True,
         exc_info: Optional[BaseException] = None,
     ) -> None:
-        """Log ``what`` the pool did with ``rec``, in one line. With
-        ``found_broken`` (it failed its check or reset, or the broken rule
-        judged it lost), every connection opened before it is suspect, and
-        that line names them.
-
-        The pool's epoch moves on: busy connections of the old one are
-        disposed of when they come back; idle ones are checked before they
-        are handed out, or, without a ``check``, disposed of now. A suspect
-        found broken brings no news (its epoch is old already), so an outage
-        met by many connections moves the epoch once, not once per
-        connection: that line is a WARNING, the others INFO (a failed reset,
-        with its traceback, always a WARNING).
-        """
+        """Log ``what`` the pool did with ``rec``, in one line. ``found_broken``
+        (by its check, its reset or the broken rule): the epoch moves on and
+        every other connection is suspect (busy ones disposed of when they come
+        back, idle ones checked before they are lent, or without a ``check``
+        disposed of now), and a WARNING names them. A suspect found broken
+        brings no news, so an outage moves the epoch once: its line is INFO
+        (a failed reset, with its traceback, always a WARNING)."""
         news = already = False
         idle: list[Record] = []
         suspects = 0

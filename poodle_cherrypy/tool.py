@@ -12,8 +12,9 @@ from typing import Any, Optional
 import cherrypy
 from cherrypy.lib import file_generator, httputil
 
+from .drivers import WRITES_ATTRIBUTE
 from .errors import PoolError
-from .plugin import _plugins, get_pool
+from .plugin import PoodlePlugin, get_pool
 from .pool import Lease, Pool
 
 __all__ = ["PoodleTool"]
@@ -83,7 +84,7 @@ class _Checkout:
         self.retry_after = retry_after
         # A connection that counts the statements that may write (see
         # drivers.psycopg_connect): the count at checkout, else None.
-        writes = getattr(conn, "poodle_writes", None)
+        writes = getattr(conn, WRITES_ATTRIBUTE, None)
         self.writes: Optional[int] = writes if type(writes) is int else None
         self.lost = False  # the pool judged the connection lost
         self.attribute = attribute
@@ -105,7 +106,7 @@ class _Checkout:
                 if (
                     self.lost
                     and self.writes is not None
-                    and getattr(self.conn, "poodle_writes", None) == self.writes
+                    and getattr(self.conn, WRITES_ATTRIBUTE, None) == self.writes
                     # The connection itself is lost, not only judged so for
                     # the error (the default rule's any OSError, say).
                     and self.pool.is_broken(self.conn, None)
@@ -323,7 +324,7 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         handler = request.handler
         if handler is None:
             return  # answered already (a cache hit, say): no connection needed
-        plugin = _plugins.get(cherrypy.engine)
+        plugin = PoodlePlugin.lookup(cherrypy.engine)
         target = plugin.pools.get(pool) if plugin is not None else None
         if target is None:
             try:

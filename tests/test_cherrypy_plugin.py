@@ -480,7 +480,7 @@ def test_bad_tool_config_stops_the_engine_at_start_naming_the_key(
 
 
 def test_tool_on_without_a_default_pool_is_caught_at_start(cp_engine: Any) -> None:
-    from poodle_cherrypy.plugin import _tool_config_problems
+    from poodle_cherrypy.startcheck import tool_config_problems as _tool_config_problems
 
     cherrypy.tree.mount(Root(), "/", {"/": {"tools.poodle.on": True},
                                       "/named": {"tools.poodle.pool": "main"}})
@@ -510,7 +510,7 @@ class Site(Root):
 def test_tool_on_check_sees_the_pool_named_globally_or_by_a_controller(cp_engine: Any) -> None:
     # Valid config the start-time check must not reject: rejecting it makes
     # CherryPy exit the process at start.
-    from poodle_cherrypy.plugin import _tool_config_problems
+    from poodle_cherrypy.startcheck import tool_config_problems as _tool_config_problems
 
     pools = {"main": Pool(sqlite3.connect, (":memory:",), {"check_same_thread": False})}
     PoodlePlugin(cherrypy.engine, pools).subscribe()
@@ -569,7 +569,7 @@ def test_log_lines_name_the_pool(cp_engine: Any, caplog: pytest.LogCaptureFixtur
 def test_bad_tool_values_are_problems_at_start_not_500s_later(
     cp_engine: Any, key: str, value: object, problem: str
 ) -> None:
-    from poodle_cherrypy.plugin import _tool_config_problems
+    from poodle_cherrypy.startcheck import tool_config_problems as _tool_config_problems
 
     cherrypy.tree.mount(Root(), "/", {"/": {"tools.poodle.on": True, key: value}})
     [found] = _tool_config_problems({"default": Pool(object)})
@@ -577,7 +577,7 @@ def test_bad_tool_values_are_problems_at_start_not_500s_later(
 
 
 def test_good_tool_values_are_no_problem(cp_engine: Any) -> None:
-    from poodle_cherrypy.plugin import _tool_config_problems
+    from poodle_cherrypy.startcheck import tool_config_problems as _tool_config_problems
 
     cherrypy.tree.mount(Root(), "/", {"/": {
         "tools.poodle.on": True, "tools.poodle.pool": "default", "tools.poodle.timeout": 0.5,

@@ -21,7 +21,7 @@ import pytest
 from cherrypy._cpwsgi import VirtualHost
 
 from poodle_cherrypy import PoodlePlugin, Pool
-from poodle_cherrypy.plugin import _tool_config_problems
+from poodle_cherrypy.startcheck import tool_config_problems as _tool_config_problems
 
 
 class Root:

@@ -166,3 +166,12 @@ def test_bad_arguments_are_named(
 ) -> None:
     with pytest.raises(error, match=words):
         PoolCollector(**kwargs)
+
+
+def test_the_collector_refuses_two_pools_of_one_name() -> None:
+    # Their samples would carry the same labels: the scrape would be refused
+    # (or one pool hidden) long after the mistake was made.
+    first, second = Pool(Conn, name="orders"), Pool(Conn, name="orders")
+    with pytest.raises(ValueError, match="two pools are named 'orders'"):
+        PoolCollector([first, second])
+    PoolCollector([first, Pool(Conn, name="billing")])  # distinct names are fine

@@ -285,7 +285,7 @@ def test_config_file_example_declares_its_pool(tmp_path: Path, cp_engine: Any) -
     import cherrypy
 
     from poodle_cherrypy import PoodlePlugin, drivers
-    from poodle_cherrypy.plugin import _tool_config_problems
+    from poodle_cherrypy.startcheck import tool_config_problems as _tool_config_problems
 
     conf = str(EXAMPLES / "notes.conf")
     cherrypy.config.update(conf)
@@ -294,7 +294,7 @@ def test_config_file_example_declares_its_pool(tmp_path: Path, cp_engine: Any) -
     plugin = PoodlePlugin.for_bus()
     stats = plugin.pools["default"].stats()
     assert (stats.min_size, stats.max_size, stats.created) == (2, 16, 0)
-    assert plugin.pools["default"]._reset is drivers.psycopg_reset
+    assert plugin.pools["default"]._connector._reset is drivers.psycopg_reset
     assert plugin.maintain_interval == 10.0
     assert _tool_config_problems(plugin.pools) == []
 
