@@ -17,7 +17,7 @@ from .errors import PoolError
 from .plugin import PoodlePlugin, get_pool
 from .pool import Lease, Pool
 
-__all__ = ["PoodleTool"]
+__all__ = ["PoodleTool", "ServiceUnavailable"]
 
 #: After trailing_slash (60) redirects and caching (90) answers from its
 #: cache, so neither checks a connection out for nothing.
@@ -25,10 +25,18 @@ DEFAULT_PRIORITY = 95
 
 
 class ServiceUnavailable(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy is untyped
-    """503 with a ``Retry-After`` header (which ``HTTPError`` itself strips)."""
+    """503 with a ``Retry-After`` header (which ``HTTPError`` itself strips).
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(503, "No database connection is available; please retry shortly.")
+    The tool raises it when no connection can be had; a handler may raise it
+    too, with its own ``message`` (a database busy with other writes, say).
+    """
+
+    def __init__(
+        self,
+        retry_after: int,
+        message: str = "No database connection is available; please retry shortly.",
+    ) -> None:
+        super().__init__(503, message)
         self.retry_after = retry_after
 
     def set_response(self) -> None:

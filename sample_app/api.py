@@ -41,6 +41,7 @@ from typing import Any, Optional, TypeVar, cast
 import cherrypy
 
 from poodle_cherrypy import PoodlePlugin
+from poodle_cherrypy.tool import ServiceUnavailable
 
 from . import db, store
 from .history import PoolHistory
@@ -129,17 +130,10 @@ def trim_error_body() -> None:
     response.headers["Content-Length"] = str(len(body))
 
 
-class Busy(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy is untyped
-    """503 with ``Retry-After``: SQLite stayed locked by other writers past the
-    busy timeout."""
-
-    def __init__(self) -> None:
-        super().__init__(503, "the database is busy with other writes; retry shortly")
-
-    def set_response(self) -> None:
-        """The 503 response, then its Retry-After (which HTTPError strips)."""
-        super().set_response()
-        cherrypy.serving.response.headers["Retry-After"] = "1"
+def _busy() -> ServiceUnavailable:
+    """503 with ``Retry-After: 1``: SQLite stayed locked by other writers past
+    the busy timeout."""
+    return ServiceUnavailable(1, "the database is busy with other writes; retry shortly")
 
 
 def _bad_request(reason: str) -> cherrypy.HTTPError:
@@ -402,7 +396,7 @@ class DocsAPI:
             raise _not_found(str(exc)) from None
         except Exception as exc:
             if db.is_busy(exc):
-                raise Busy() from exc
+                raise _busy() from exc
             raise
 
 
