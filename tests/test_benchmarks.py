@@ -8,8 +8,8 @@ subprocess and must exit 0 (it exits 1 when a request fails) and print its
 summary, with wrk if it is installed and with its Python load generator.
 ``benchmarks/run_all.py --quick`` runs every benchmark's smoke mode and must
 keep their figures as JSON and refresh the marked blocks of a copy of the
-performance page, and nothing else of it. No figure is checked: a timing assertion would be a coin toss on a shared
-machine.
+performance page, and nothing else of it. No figure is checked: a timing
+assertion would be a coin toss on a shared machine.
 """
 
 from __future__ import annotations
