@@ -13,8 +13,12 @@ workers = int(os.environ.get("GUNICORN_WORKERS", "3"))
 # gthread: each worker serves `threads` requests at once; a thread holds at
 # most one connection per pool, so the pool's max_size (SAMPLE_APP_POOL_SIZE)
 # should equal `threads`: more is never used, fewer makes requests wait.
+# 2 threads: in the sweep of docs/deployment.rst ("Threads per worker") 4 and 8
+# threads cost one worker up to 1.6x the CPU per request of 1 or 2 (threads
+# contending for one GIL), with no better p99; 2 rather than 1 so that one
+# slow request does not hold up the worker's other clients.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 # A worker that stops answering its heartbeat for this long is killed and
 # replaced; a graceful stop (SIGTERM, HUP's old workers) waits this long for
 # requests in flight, and the engine's exit then closes the pool.

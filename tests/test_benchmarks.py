@@ -5,13 +5,18 @@ exits 1 when a pool it compares against fails, say after a library upgrade
 broke its stand-in connection) and print both scenarios' tables.
 ``benchmarks/bench_tool.py --quick`` serves a real cheroot server in its own
 subprocess and must exit 0 (it exits 1 when a request fails) and print its
-summary, with wrk if it is installed and with its Python load generator. No
-figure is checked: a timing assertion would be a coin toss on a shared
-machine.
+summary, with wrk if it is installed and with its Python load generator.
+``benchmarks/run_all.py --quick`` runs every benchmark's smoke mode and must
+keep their figures as JSON and refresh the marked blocks of a copy of the
+performance page, and nothing else of it. No figure is checked: a timing
+assertion would be a coin toss on a shared machine.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +71,56 @@ def test_quick_tool_benchmark_with_a_check_runs() -> None:
     assert proc.returncode == 0, output
     assert "check=<1 ms stand-in>, check_after=0.5" in proc.stdout, output
     assert "checks run: " in proc.stdout, output
+
+
+RUN_ALL = SCRIPT.with_name("run_all.py")
+
+
+@pytest.mark.slow
+@pytest.mark.services
+@pytest.mark.deploy
+def test_run_all_quick_refreshes_the_figures(postgres_dsn: str, tmp_path: Path) -> None:
+    # Every benchmark's smoke run, on a copy of the performance page: the
+    # figures are kept as JSON and each marked block is replaced, the text
+    # around the markers kept. No figure is checked.
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (.ci/apt-packages)")
+    page = tmp_path / "performance.rst"
+    page.write_text(
+        "Before.\n\n.. BEGIN figures:callgrind\n\nold figures\n\n.. END figures:callgrind\n\n"
+        ".. BEGIN figures:deploy\n.. END figures:deploy\n\nAfter.\n"
+    )
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(RUN_ALL), "--quick", "--out", str(out), "--docs", str(page)],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        env={**os.environ, "POODLE_POSTGRES_DSN": postgres_dsn},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(
+        p.read_text()[-3000:] for p in out.glob("*.txt"))
+    summary = json.loads((out / "all.json").read_text())
+    assert summary["quick"] is True
+    assert list(summary["benchmarks"]) == ["pool", "tool", "callgrind", "app", "deploy"]
+    for name, record in summary["benchmarks"].items():
+        assert record["returncode"] == 0, (name, record)
+        assert json.loads((out / f"{name}.json").read_text()) == record["figures"]
+    assert summary["benchmarks"]["callgrind"]["figures"]["instructions_on"] > 0
+    assert "cpu_workers_direct" in summary["benchmarks"]["deploy"]["figures"]["ratios"]
+    text = page.read_text()
+    assert "old figures" not in text
+    assert text.startswith("Before.\n\n.. BEGIN figures:callgrind\n")
+    assert text.endswith(".. END figures:deploy\n\nAfter.\n")
+    assert "instructions per in-process hello request" in text.lower()
+    assert "2 workers' CPU per request / 1 worker's" in text
+    assert text.count("a ``--quick`` smoke run, its figures mean nothing") == 2
+    assert "refreshed " in proc.stdout
+
+
+def test_run_all_refuses_an_unknown_benchmark(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(RUN_ALL), "--only", "pool,bogus", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "unknown benchmark(s) ['bogus']" in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing run, nothing written

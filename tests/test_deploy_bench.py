@@ -23,11 +23,20 @@ def test_bench_deploy_quick_runs(postgres_dsn: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("ratio    CPU per request (app processes), 2 workers / 1 worker")
+               for line in lines), result.stdout
     assert any(line.startswith("ratio    2 workers / 1 worker") for line in lines), result.stdout
     assert any(line.startswith("ratio    PgBouncer / direct") for line in lines), result.stdout
     summary = json.loads(lines[-1])
     assert set(summary["ratios"]) == {
+        "cpu_workers_direct", "cpu_workers_pgbouncer",
         "workers_direct", "workers_pgbouncer", "pgbouncer_w1", "pgbouncer_w2"
     }
+    for name, figures in summary["figures"].items():
+        # every server's processes used CPU (a second of requests is many
+        # clock ticks); PgBouncer's is counted for the PgBouncer servers only
+        assert figures["app"]["min"] > 0, (name, figures)
+        if name.endswith("direct"):
+            assert figures["pgbouncer"]["max"] == 0, (name, figures)
     # PgBouncer capped the server connections at its pool
     assert 1 <= summary["sessions"]["w2 pgbouncer"] <= 4
