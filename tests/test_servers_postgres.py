@@ -210,3 +210,23 @@ def test_psycopg_broken_discards_a_lost_connection(pg: PostgreSQL) -> None:
         with pool.get() as conn:
             assert pg.session_id(conn) != first
         assert pool.stats().discarded == 1
+
+
+@pytest.mark.parametrize("broken", [None, psycopg_broken])
+def test_a_write_refused_as_read_only_discards_the_connection(
+    pg: PostgreSQL, table: str, broken: Optional[Callable[[Any, Optional[BaseException]], bool]]
+) -> None:
+    # A standby (or a demoted primary) refuses writes with SQLSTATE 25006,
+    # which psycopg raises as an InternalError: neither rule saw it, and a pool
+    # on a server now read-only kept lending it. A read-only transaction
+    # gives the same SQLSTATE on the loopback server, which is not a standby.
+    with Pool(pg.factory(), max_size=1, reset=psycopg_reset, broken=broken) as pool:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), pool.get() as conn:
+            first = pg.session_id(conn)
+            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute(f"INSERT INTO {table} VALUES (1)")
+        assert pool.is_broken(conn, psycopg.errors.ReadOnlySqlTransaction())
+        with pool.get() as conn:
+            assert pg.session_id(conn) != first
+        assert pool.stats().discarded == 1
+    assert count(pg, table) == 0
