@@ -212,11 +212,21 @@ def psycopg_broken(conn: psycopg.Connection[Any], exc: Optional[BaseException]) 
     block raised any ``OperationalError``, which in psycopg includes deadlocks,
     serialization failures, lock and statement timeouts: with this rule those
     cost a rollback instead of a reconnect. A connection left with a command
-    still running (a half-read result) is discarded as well. Use it with
+    still running (a half-read result) is discarded as well, and so is one
+    whose block raised SQLSTATE 25006 (a write refused: the server is a
+    standby now, or the transaction was read-only) or 57P01-57P03 (the server
+    is shutting the session down): the server's role may have changed, and
+    the next connect (with ``target_session_attrs=read-write``) finds the
+    primary. Use it with
     :func:`psycopg_reset` or :func:`psycopg_discard_all`, which put a failed
     transaction back in order.
     """
     from psycopg import pq
+
+    from .records import ROLE_CHANGED_SQLSTATES
+
+    if getattr(exc, "sqlstate", None) in ROLE_CHANGED_SQLSTATES:
+        return True
 
     status = conn.info.transaction_status
     return conn.closed or status in (pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN)

@@ -12,8 +12,8 @@ import traceback
 from typing import Any, Optional, Union
 
 __all__ = [
-    "CLOSED", "CREATE", "Local", "Record", "Sentinel", "ThreadState", "Waiter", "is_broken",
-    "reports_closed",
+    "CLOSED", "CREATE", "ROLE_CHANGED_SQLSTATES", "Local", "Record", "Sentinel", "ThreadState",
+    "Waiter", "is_broken", "reports_closed",
 ]
 
 
@@ -24,6 +24,13 @@ __all__ = [
 _BROKEN_EXCEPTION_NAMES = frozenset(
     {"OperationalError", "InterfaceError", "ConnectionError", "TimeoutError"}
 )
+
+
+#: PostgreSQL SQLSTATEs that mean "this server's role changed": a write refused
+#: because the server is (now) read-only, a standby or a demoted primary
+#: (25006), and an administrator's, a crash's or a conflict's shutdown of the
+#: session (57P01-57P03). psycopg raises 25006 as an InternalError.
+ROLE_CHANGED_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
 
 
 def reports_closed(conn: object) -> bool:
@@ -40,8 +47,10 @@ def is_broken(conn: object, exc: Optional[BaseException]) -> bool:
     ``exc`` being the exception the block raised, or None. True when ``exc`` is
     an ``OSError`` (``ConnectionError``, socket errors), or has a class named
     ``OperationalError``, ``InterfaceError``, ``ConnectionError`` or
-    ``TimeoutError`` in its MRO (DB-API drivers, redis-py); or when the
-    connection has a ``closed`` attribute that is true (psycopg, psycopg2).
+    ``TimeoutError`` in its MRO (DB-API drivers, redis-py), or a ``sqlstate``
+    in :data:`ROLE_CHANGED_SQLSTATES` (a PostgreSQL server now read-only, or
+    shutting the session down); or when the connection has a ``closed``
+    attribute that is true (psycopg, psycopg2).
     Pass ``broken=`` to :class:`Pool` to use another rule; it may call this one.
     """
     if exc is not None:
@@ -50,6 +59,8 @@ def is_broken(conn: object, exc: Optional[BaseException]) -> bool:
         for cls in type(exc).__mro__:
             if cls.__name__ in _BROKEN_EXCEPTION_NAMES:
                 return True
+        if getattr(exc, "sqlstate", None) in ROLE_CHANGED_SQLSTATES:
+            return True
     return reports_closed(conn)
 
 
