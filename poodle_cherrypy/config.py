@@ -14,6 +14,15 @@ so that an INI file can declare everything::
     poodle.default.max_size = 8
     poodle.maintain_interval = 10.0
 
+A pool for SQLAlchemy (the ``[sqlalchemy]`` extra) is declared by
+``sqlalchemy_url`` instead of ``factory``: the Engine's dialect opens the
+connections (give ``factory`` too and it opens them instead, the URL then
+choosing only the dialect), and ``sqlalchemy_options`` is a dict of further
+``create_engine`` arguments; see :mod:`poodle_cherrypy.sqlalchemy`::
+
+    poodle.default.sqlalchemy_url = "postgresql+psycopg://app@db/app"
+    poodle.default.max_size = 8
+
 Keys with one dot after ``poodle.`` declare a pool option
 (``poodle.<name>.<option>``); keys without one set a plugin option
 (``maintain_interval``, ``close_timeout``). Every mistake is reported at once,
@@ -34,6 +43,9 @@ from .pool import Pool
 __all__ = [
     "CALLABLE_OPTIONS",
     "POOL_OPTIONS",
+    "SPEC_OPTIONS",
+    "SQLALCHEMY_OPTIONS",
+    "build",
     "build_pool",
     "parse_namespace",
     "resolve_callable",
@@ -41,6 +53,12 @@ __all__ = [
 
 #: Every option a spec may hold: the factory and Pool's own parameters.
 POOL_OPTIONS: frozenset[str] = frozenset(inspect.signature(Pool).parameters)
+
+#: The options that declare a pool for SQLAlchemy (an Engine on it).
+SQLALCHEMY_OPTIONS: frozenset[str] = frozenset({"sqlalchemy_url", "sqlalchemy_options"})
+
+#: Every key a spec may hold.
+SPEC_OPTIONS: frozenset[str] = POOL_OPTIONS | SQLALCHEMY_OPTIONS
 
 #: The options that take a callable (or a ``"module:attribute"`` string).
 CALLABLE_OPTIONS: frozenset[str] = frozenset({"factory", "check", "reset", "dispose", "broken"})
@@ -81,18 +99,77 @@ def build_pool(name: str, spec: Mapping[str, Any], prefix: str) -> Pool[Any]:
     unimportable factory and bad values all raise at once, naming the key.
     Constructing the pool never connects.
     """
+    options = _pool_options(name, spec, prefix, POOL_OPTIONS)
+    if "factory" not in options:
+        raise ValueError(f"{prefix}.factory: missing; say what opens a connection")
+    try:
+        return Pool(**options)
+    except (TypeError, ValueError) as exc:
+        raise _prefixed(exc, prefix) from None
+
+
+def build(name: str, spec: Mapping[str, Any], prefix: str) -> tuple[Pool[Any], Any]:
+    """The pool ``spec`` declares and, for a ``sqlalchemy_url`` spec, the
+    :class:`~poodle_cherrypy.sqlalchemy.RequestBinding` of its Engine (else None).
+
+    Raises as :func:`build_pool` does; a bad URL or engine option raises
+    ``ValueError`` naming ``sqlalchemy_url`` or ``sqlalchemy_options``.
+    """
+    if not isinstance(spec, Mapping) or not SQLALCHEMY_OPTIONS & spec.keys():
+        return build_pool(name, spec, prefix), None
+    if "sqlalchemy_url" not in spec:
+        raise ValueError(f"{prefix}.sqlalchemy_url: missing; sqlalchemy_options needs it")
+    url = spec["sqlalchemy_url"]
+    engine_options = spec.get("sqlalchemy_options") or {}
+    if not isinstance(url, str) or not url:
+        raise TypeError(f"{prefix}.sqlalchemy_url: expected a URL string, got {url!r}")
+    if not isinstance(engine_options, Mapping):
+        raise TypeError(
+            f"{prefix}.sqlalchemy_options: expected a dict of create_engine arguments, "
+            f"got {engine_options!r}"
+        )
+    try:
+        from sqlalchemy.engine import make_url
+
+        from . import sqlalchemy as bridge
+    except ImportError as exc:
+        raise ValueError(
+            f"{prefix}.sqlalchemy_url: SQLAlchemy is not installed "
+            f"(pip install poodle_cherrypy[sqlalchemy]): {exc}"
+        ) from None
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()  # imports the dialect: an unknown driver is the URL's fault
+    except Exception as exc:  # ArgumentError, NoSuchModuleError, ImportError
+        raise ValueError(f"{prefix}.sqlalchemy_url: {url!r}: {exc}") from None
+    options = _pool_options(name, spec, prefix, SPEC_OPTIONS)
+    for key in SQLALCHEMY_OPTIONS:
+        options.pop(key, None)
+    try:
+        poodle: Any = Pool(**options) if "factory" in options else options
+        engine = bridge.create_engine(parsed, poodle=poodle, **engine_options)
+    except (TypeError, ValueError) as exc:
+        raise _prefixed(exc, prefix) from None
+    except Exception as exc:  # SQLAlchemy's ArgumentError: an engine option
+        raise ValueError(f"{prefix}.sqlalchemy_options: {exc}") from None
+    binding = bridge.RequestBinding(engine)
+    return binding.pool, binding
+
+
+def _pool_options(
+    name: str, spec: Mapping[str, Any], prefix: str, allowed: frozenset[str]
+) -> dict[str, Any]:
+    """``spec`` checked against ``allowed``, its callables resolved, named."""
     if not isinstance(spec, Mapping):
         raise TypeError(
             f"{prefix}: a pool is declared by a Pool or a dict of Pool options, got {spec!r}"
         )
-    unknown = sorted(set(spec) - POOL_OPTIONS)
+    unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(
             f"{prefix}.{unknown[0]}: unknown pool option; "
-            f"the options are {', '.join(sorted(POOL_OPTIONS))}"
+            f"the options are {', '.join(sorted(allowed))}"
         )
-    if "factory" not in spec:
-        raise ValueError(f"{prefix}.factory: missing; say what opens a connection")
     options = dict(spec)
     for option in CALLABLE_OPTIONS & options.keys():
         if option == "factory" or options[option] is not None:
@@ -100,14 +177,15 @@ def build_pool(name: str, spec: Mapping[str, Any], prefix: str) -> Pool[Any]:
     if isinstance(options.get("kwargs"), str):  # never a mapping: it names a callable
         options["kwargs"] = resolve_callable(options["kwargs"], f"{prefix}.kwargs")
     options.setdefault("name", name)
-    try:
-        return Pool(**options)
-    except (TypeError, ValueError) as exc:
-        # Pool's messages start with the argument's name: make that the full key.
-        message = str(exc)
-        argument = message.split(" ", 1)[0]
-        key = f"{prefix}.{argument}" if argument in POOL_OPTIONS else prefix
-        raise type(exc)(f"{key}: {message}") from None
+    return options
+
+
+def _prefixed(exc: Exception, prefix: str) -> Exception:
+    """Pool's message starts with the argument's name: make that the full key."""
+    message = str(exc)
+    argument = message.split(" ", 1)[0]
+    key = f"{prefix}.{argument}" if argument in POOL_OPTIONS else prefix
+    return type(exc)(f"{key}: {message}")
 
 
 def parse_namespace(
@@ -139,10 +217,10 @@ def parse_namespace(
                 f"poodle.{key}: {parent!r} is one value, not a section: write "
                 f"poodle.{name} = {{...}} with every item in it"
             )
-        if option not in POOL_OPTIONS:
+        if option not in SPEC_OPTIONS:
             raise ValueError(
                 f"poodle.{key}: unknown pool option {option!r}; "
-                f"the options are {', '.join(sorted(POOL_OPTIONS))}"
+                f"the options are {', '.join(sorted(SPEC_OPTIONS))}"
             )
         specs.setdefault(name, {})[option] = value
     return options, specs

@@ -31,7 +31,7 @@ import cherrypy
 from cherrypy.process.plugins import Monitor, SimplePlugin
 
 from . import cplog
-from .config import build_pool, parse_namespace
+from .config import build, parse_namespace
 from .options import check_seconds
 from .pool import Pool
 from .startcheck import tool_config_problems
@@ -92,6 +92,9 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
         super().__init__(bus)
         self.pools: dict[str, Pool[Any]] = {}
         """The pools by name."""
+        self.bindings: dict[str, Any] = {}
+        """The :class:`~poodle_cherrypy.sqlalchemy.RequestBinding` (Engine and
+        Session factory) of each pool declared for SQLAlchemy, by pool name."""
         self.maintain_interval = check_seconds("maintain_interval", maintain_interval)
         """Seconds between two maintenance runs (0: none); read at ``start``."""
         self.close_timeout = check_seconds("close_timeout", close_timeout)
@@ -107,18 +110,31 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
 
     # -- declaring pools -----------------------------------------------------
 
-    def add(self, name: str, pool: Union[Pool[Any], Mapping[str, Any]]) -> Pool[Any]:
-        """Add the pool ``name`` (a Pool, or a dict of its options) and return it.
+    def add(self, name: str, pool: Union[Pool[Any], Mapping[str, Any], Any]) -> Pool[Any]:
+        """Add the pool ``name`` and return it.
 
-        Added to a running plugin, the pool is opened at once.
+        ``pool`` is a Pool, a dict of its options (with ``sqlalchemy_url``, a
+        pool for SQLAlchemy: see :mod:`poodle_cherrypy.config`), or a SQLAlchemy
+        Engine made by :func:`poodle_cherrypy.sqlalchemy.create_engine` (or a
+        :class:`~poodle_cherrypy.sqlalchemy.RequestBinding` of one), whose
+        poodle pool it adds; the request tool then gives each request a
+        Session on the request's connection. Added to a running plugin, the
+        pool is opened at once.
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"a pool's name must be a non-empty str, got {name!r}")
         if name in self.pools:
             raise ValueError(f"pool {name!r} is declared already")
+        binding = None
         if not isinstance(pool, Pool):
-            pool = build_pool(name, pool, f"pools[{name!r}]")
+            if isinstance(pool, Mapping):
+                pool, binding = build(name, pool, f"pools[{name!r}]")
+            else:
+                binding = _binding_of(name, pool)
+                pool = binding.pool
         self.pools[name] = pool
+        if binding is not None:
+            self.bindings[name] = binding
         if self._running:
             self._open(name, pool)
         return pool
@@ -137,10 +153,14 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
                 raise ValueError(
                     f"{prefix}: pool {name!r} is running; stop the engine before redeclaring it"
                 )
-        pool = build_pool(name, merged, prefix)
+        pool, binding = build(name, merged, prefix)
         if old is not None:
             old.close(timeout=0)
         self.pools[name] = pool
+        if binding is not None:
+            self.bindings[name] = binding
+        else:
+            self.bindings.pop(name, None)
         self._specs[name] = merged
         if self._running:
             self._open(name, pool)
@@ -285,6 +305,27 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
             )
         else:
             self.bus.log(f"poodle: opened pool {name!r} ({pool.stats().size} connections)")
+
+
+def _binding_of(name: str, engine: Any) -> Any:
+    """The RequestBinding of ``engine`` (an Engine, or a RequestBinding itself)."""
+    try:
+        from .sqlalchemy import RequestBinding
+    except ImportError:
+        raise TypeError(
+            f"pools[{name!r}]: expected a Pool or a dict of Pool options, got {engine!r}"
+        ) from None
+    if isinstance(engine, RequestBinding):
+        return engine
+    if not hasattr(engine, "pool") or not hasattr(engine, "connect"):
+        raise TypeError(
+            f"pools[{name!r}]: expected a Pool, a dict of Pool options or a SQLAlchemy "
+            f"Engine on poodle, got {engine!r}"
+        )
+    try:
+        return RequestBinding(engine)
+    except TypeError as exc:
+        raise TypeError(f"pools[{name!r}]: {exc}") from None
 
 
 def get_pool(name: str = "default", bus: Any = None) -> Pool[Any]:

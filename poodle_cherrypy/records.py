@@ -49,7 +49,8 @@ def is_broken(conn: object, exc: Optional[BaseException]) -> bool:
     ``OperationalError``, ``InterfaceError``, ``ConnectionError`` or
     ``TimeoutError`` in its MRO (DB-API drivers, redis-py), or a ``sqlstate``
     in :data:`ROLE_CHANGED_SQLSTATES` (a PostgreSQL server now read-only, or
-    shutting the session down); or when the connection has a ``closed``
+    shutting the session down), or wraps such an exception as ``orig``
+    (SQLAlchemy's ``DBAPIError``); or when the connection has a ``closed``
     attribute that is true (psycopg, psycopg2).
     Pass ``broken=`` to :class:`Pool` to use another rule; it may call this one.
     """
@@ -61,6 +62,10 @@ def is_broken(conn: object, exc: Optional[BaseException]) -> bool:
                 return True
         if getattr(exc, "sqlstate", None) in ROLE_CHANGED_SQLSTATES:
             return True
+        orig = getattr(exc, "orig", None)
+        if isinstance(orig, BaseException) and orig is not exc:
+            # SQLAlchemy's DBAPIError wraps the driver's own exception.
+            return is_broken(None, orig) or reports_closed(conn)
     return reports_closed(conn)
 
 
@@ -68,6 +73,7 @@ class Record:
     """A pooled connection and what the pool knows about it."""
 
     __slots__ = (
+        "__weakref__",  # poodle_cherrypy.sqlalchemy keeps its own record of each
         "checked_out",
         "conn",
         "created",

@@ -73,7 +73,8 @@ class _Checkout:
 
     __slots__ = (
         "attribute", "body", "conn", "cut_short", "decided", "error", "handler", "lease",
-        "lost", "pool", "ran", "retry_after", "transaction", "writes",
+        "lost", "pool", "ran", "retry_after", "sa_conn", "session", "session_attribute",
+        "transaction", "writes",
     )
 
     def __init__(
@@ -103,6 +104,11 @@ class _Checkout:
         self.decided = False  # committed or rolled back already
         self.cut_short = False  # the lazy body was closed before its end (the client left)
         self.ran = False  # the lazy body has run to its end (or failed)
+        # The SQLAlchemy Session on this connection (a pool declared for
+        # SQLAlchemy), its Connection and the request attribute it is on.
+        self.session: Any = None
+        self.sa_conn: Any = None
+        self.session_attribute = ""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -181,9 +187,14 @@ class _Checkout:
             and (error is None or isinstance(error, cherrypy.HTTPRedirect))
         )
         try:
+            # The Session first: its commit flushes the ORM's pending changes.
             if ok:
+                if self.session is not None:
+                    self.session.commit()
                 self.conn.commit()
             else:
+                if self.session is not None:
+                    self.session.rollback()
                 self.conn.rollback()
         except BaseException as exc:
             self.error = exc  # the pool judges whether the connection survived it
@@ -207,12 +218,34 @@ class _Checkout:
                     cherrypy.log("ending the transaction failed", "POODLE",
                                  severity=logging.ERROR, traceback=True)
         finally:
-            cherrypy.serving.request.__dict__.pop(self.attribute, None)
+            request_attributes = cherrypy.serving.request.__dict__
+            request_attributes.pop(self.attribute, None)
+            if self.session is not None:
+                request_attributes.pop(self.session_attribute, None)
+                self._close_session()
             error = self.error
             if error is None:
                 self.lease.__exit__(None, None, None)
             else:
                 self.lease.__exit__(type(error), error, error.__traceback__)
+
+
+    def _close_session(self) -> None:
+        """Close the Session (rolling back what was not committed) and its
+        Connection, before the connection goes back."""
+        try:
+            self.session.close()
+        except Exception as exc:
+            self.error = self.error or exc
+            cherrypy.log("closing the SQLAlchemy Session failed", "POODLE",
+                         severity=logging.ERROR, traceback=True)
+        finally:
+            try:
+                self.sa_conn.close()  # an invalidated one dooms the lease
+            except Exception as exc:
+                self.error = self.error or exc
+                cherrypy.log("closing the SQLAlchemy Connection failed", "POODLE",
+                             severity=logging.ERROR, traceback=True)
 
 
 class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
@@ -262,16 +295,41 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
     connection (the pool is reentrant per thread). A second tool,
     ``cherrypy.tools.cache = PoodleTool(attribute="cache")``, puts another
     pool's connection on ``cherrypy.request.cache`` in the same request.
+
+    For a pool declared for SQLAlchemy (``poodle.<name>.sqlalchemy_url``, or
+    an Engine of :func:`poodle_cherrypy.sqlalchemy.create_engine` given to
+    the plugin), ``cherrypy.request.db`` (``session_attribute``; for another
+    ``attribute``, ``<attribute>_db``) is a ``sqlalchemy.orm.Session`` on the
+    request's connection: with ``transaction``, committed (flushing the ORM's
+    changes) or rolled back with the DB-API connection, by the same rule;
+    closed, whatever happened, before the connection goes back.
     All per-request state lives on ``cherrypy.request`` and its hooks.
     """
 
     #: The config keys it takes (checked against app config at engine start).
     poodle_options = frozenset({"on", "pool", "timeout", "transaction", "retry_after", "priority"})
 
-    def __init__(self, attribute: str = "conn", priority: float = DEFAULT_PRIORITY) -> None:
+    def __init__(
+        self,
+        attribute: str = "conn",
+        priority: float = DEFAULT_PRIORITY,
+        session_attribute: Optional[str] = None,
+    ) -> None:
         if not isinstance(attribute, str) or not attribute.isidentifier():
             raise ValueError(f"attribute must be a Python identifier, got {attribute!r}")
+        if session_attribute is None:
+            session_attribute = "db" if attribute == "conn" else f"{attribute}_db"
+        if (
+            not isinstance(session_attribute, str)
+            or not session_attribute.isidentifier()
+            or session_attribute == attribute
+        ):
+            raise ValueError(
+                f"session_attribute must be a Python identifier other than attribute "
+                f"{attribute!r}, got {session_attribute!r}"
+            )
         self._attribute = attribute
+        self._session_attribute = session_attribute
         super().__init__("before_handler", self._checkout, priority=priority)
         self.__doc__ = type(self).__doc__
 
@@ -358,6 +416,17 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         checkout = _Checkout(
             target, lease, conn, self._attribute, bool(transaction), handler, retry_after
         )
+        binding = plugin.bindings.get(pool)  # type: ignore[union-attr]  # found the pool
+        if binding is not None:
+            try:
+                checkout.session, checkout.sa_conn = binding.open()
+            except BaseException as exc:
+                lease.__exit__(type(exc), exc, exc.__traceback__)
+                cherrypy.log(f"pool {pool!r}: starting the SQLAlchemy Session failed", "POODLE",
+                             severity=logging.ERROR, traceback=True)
+                raise cherrypy.HTTPError(500) from None
+            checkout.session_attribute = self._session_attribute
+            setattr(request, self._session_attribute, checkout.session)
         setattr(request, self._attribute, conn)
         request.handler = checkout
         hooks = request.hooks
