@@ -149,7 +149,10 @@ def build(name: str, spec: Mapping[str, Any], prefix: str) -> tuple[Pool[Any], A
         poodle: Any = Pool(**options) if "factory" in options else options
         engine = bridge.create_engine(parsed, poodle=poodle, **engine_options)
     except (TypeError, ValueError) as exc:
-        raise _prefixed(exc, prefix) from None
+        if str(exc).split(" ", 1)[0] in POOL_OPTIONS:  # Pool's own message
+            raise _prefixed(exc, prefix) from None
+        # create_engine's TypeError for an argument it does not take.
+        raise type(exc)(f"{prefix}.sqlalchemy_options: {exc}") from None
     except Exception as exc:  # SQLAlchemy's ArgumentError: an engine option
         raise ValueError(f"{prefix}.sqlalchemy_options: {exc}") from None
     binding = bridge.RequestBinding(engine)

@@ -313,14 +313,15 @@ def _binding_of(name: str, engine: Any) -> Any:
         from .sqlalchemy import RequestBinding
     except ImportError:
         raise TypeError(
-            f"pools[{name!r}]: expected a Pool or a dict of Pool options, got {engine!r}"
+            f"pools[{name!r}]: a pool is declared by a Pool or a dict of Pool options, "
+            f"got {engine!r}"
         ) from None
     if isinstance(engine, RequestBinding):
         return engine
     if not hasattr(engine, "pool") or not hasattr(engine, "connect"):
         raise TypeError(
-            f"pools[{name!r}]: expected a Pool, a dict of Pool options or a SQLAlchemy "
-            f"Engine on poodle, got {engine!r}"
+            f"pools[{name!r}]: a pool is declared by a Pool or a dict of Pool options "
+            f"(or a SQLAlchemy Engine on poodle), got {engine!r}"
         )
     try:
         return RequestBinding(engine)

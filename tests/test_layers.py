@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "poodle_cherrypy"
 #: The pool core and the pieces around it: usable without CherryPy.
 CORE = [
     "pool", "records", "connector", "breaker", "housekeeping", "options", "errors", "stats",
-    "config", "drivers",
+    "config", "drivers", "sqlalchemy",
 ]
 
 
