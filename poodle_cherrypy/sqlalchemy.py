@@ -89,6 +89,10 @@ class PoodlePool(sa_pool.Pool):
     ``sqlalchemy.pool.Pool``'s.
     """
 
+    # SQLAlchemy's pool log lines go where its users' logging config for
+    # "sqlalchemy.pool" sends them (poodle's own go to "poodle_cherrypy").
+    _sqla_logger_namespace = "sqlalchemy.pool.PoodlePool"
+
     def __init__(
         self,
         creator: Any,
