@@ -45,6 +45,7 @@ connection (``cherrypy.request.conn``), on purpose: one transaction per request.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import weakref
@@ -65,6 +66,26 @@ from .records import Record, ThreadState
 __all__ = ["PoodlePool", "PoolTimeoutError", "RequestBinding", "create_engine", "poodle_pool_of"]
 
 _monotonic = time.monotonic
+
+
+class _Collecting(threading.local):
+    """Whether the garbage collector is running in this thread."""
+
+    active = False
+
+
+_collecting = _Collecting()
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    _collecting.active = phase == "start"
+
+
+# A Connection nobody closed is given back by SQLAlchemy's finalizer when the
+# collector frees it, which may happen at any allocation, one the pool makes
+# under its own lock included: such a return must not wait for that lock in
+# the thread that holds it (see PoodlePool._give_back).
+gc.callbacks.append(_on_gc)
 
 
 class PoolTimeoutError(PoolTimeout, sa_exc.TimeoutError):
@@ -243,11 +264,23 @@ class PoodlePool(sa_pool.Pool):
                 holder.doomed = "SQLAlchemy invalidated it"
             return
         if invalidated:
-            self._poodle._release(holder, "SQLAlchemy invalidated it")
+            self._give_back(holder, "SQLAlchemy invalidated it")
             return
         if record._soft_invalidate_time > record.starttime:
             holder.epoch = -1  # retired: disposed of on its return, quietly
-        self._poodle._release(holder, None)
+        self._give_back(holder, None)
+
+    def _give_back(self, rec: Record, broken: Optional[str]) -> None:
+        """Give ``rec`` back to poodle; from a thread of its own when the
+        garbage collector is returning it (it may have interrupted this thread
+        inside the pool's lock: that thread waits its turn instead)."""
+        if not _collecting.active:
+            self._poodle._release(rec, broken)
+            return
+        threading.Thread(
+            target=self._poodle._release, args=(rec, broken),
+            name=f"poodle {self._poodle.name} collected return", daemon=True,
+        ).start()
 
     def _invalidate(
         self, connection: Any, exception: Optional[BaseException] = None, _checkin: bool = True

@@ -379,3 +379,45 @@ def test_a_bad_sqlalchemy_spec_names_the_key(
 ) -> None:
     with pytest.raises(error, match=message):
         build("orm", spec, "poodle.orm")
+
+
+def test_a_connection_nobody_closed_comes_back_when_collected_even_inside_the_pools_lock(
+    tmp_path: Path,
+) -> None:
+    """The garbage collector may return a forgotten Connection (SQLAlchemy's
+    finalizer) at any allocation, even one the pool makes under its own lock:
+    that return must not wait for the lock its own thread holds."""
+    import gc
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'gc.db'}",
+                           connect_args={"check_same_thread": False}, poodle={"max_size": 1})
+    poodle = engine.pool.poodle
+    finished = threading.Event()
+
+    def forget_and_collect_under_the_lock() -> None:
+        conn = engine.connect()
+        conn.execute(text("SELECT 1"))
+        del conn  # forgotten, unclosed: in a reference cycle, only the collector frees it
+        assert poodle.stats().in_use == 1
+        with poodle._lock:  # as if the collector ran inside the pool's bookkeeping
+            gc.collect()
+        finished.set()
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the collection happens where the test says, not before
+    try:
+        worker = threading.Thread(target=forget_and_collect_under_the_lock, daemon=True)
+        worker.start()
+        assert finished.wait(10), "the collector's return waited for its own thread's lock"
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    deadline = threading.Event()
+    for _ in range(500):
+        if poodle.stats().in_use == 0:
+            break
+        deadline.wait(0.01)
+    assert poodle.stats().in_use == 0
+    with engine.connect() as conn:  # the connection is back and lent again
+        assert conn.execute(text("SELECT 2")).scalar_one() == 2
+    poodle.close()
