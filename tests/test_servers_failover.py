@@ -103,7 +103,7 @@ class Gauge:
 def watch_promotion(standby: ThrowawayPostgres, times: dict[str, float]) -> None:
     """Ask the standby every 2 ms whether it is in recovery; put the moment it
     first says no in ``times["writable"]``: the promotion itself (``pg_ctl
-    promote -w`` polls, and returns up to a few hundred ms later)."""
+    promote -w`` polls, and may return a few hundred ms later)."""
     import psycopg
 
     with psycopg.connect(standby.dsn, autocommit=True) as conn:
@@ -182,7 +182,9 @@ def test_failover_under_load(
                 times["promote"] = time.monotonic()
                 times["pg_ctl"] = standby.promote()
                 watcher.join(30)
-                return stop_began, down, times["writable"]
+                # The watcher may be late (16 clients and the server share
+                # this process): the promotion is the earlier of the two.
+                return stop_began, down, min(times["writable"], times["pg_ctl"])
 
             outcomes, stop_began, down, promoted = run_load(work, failover)
             stats = get_pool("default", cherrypy.engine).stats()
@@ -208,8 +210,8 @@ def test_failover_under_load(
             f"{'synchronous' if synchronous else 'asynchronous'} replication, {CLIENTS} writers, "
             f"pool of {POOL_SIZE}: recovery {recovery * 1000:.0f} ms after the standby took "
             f"writes ({(recovery + promoted - times['promote']) * 1000:.0f} ms after pg_ctl "
-            f"promote began, which returned {(times['pg_ctl'] - promoted) * 1000:.0f} ms after "
-            f"it took writes; the first write begun after it ended "
+            f"promote began; pg_ctl returned {(times['pg_ctl'] - promoted) * 1000:.0f} ms after "
+            f"it did; the first write begun after it ended "
             f"{first_begun_after * 1000:.0f} ms after); from the stop on: "
             f"{dict(sorted(counts.items()))}, of those in flight at the stop "
             f"{dict(sorted(in_flight.items()))}; connects in flight at most {connects.most} "
