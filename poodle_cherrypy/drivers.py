@@ -15,7 +15,9 @@ recipe cannot vouch for is never handed out again.
 PostgreSQL, psycopg 3 (``psycopg.connect``, or :func:`psycopg_connect`):
     :func:`psycopg_check`, :func:`psycopg_reset`, :func:`psycopg_discard_all`,
     :func:`psycopg_broken`; through PgBouncer in transaction mode,
-    :func:`psycopg_pgbouncer_connect` as the factory (see there).
+    :func:`psycopg_pgbouncer_connect` as the factory (see there); on a
+    primary and its standbys (failover), :func:`psycopg_failover_connect`,
+    :func:`psycopg_primary_check` and :func:`psycopg_primary_broken`.
 MariaDB/MySQL, PyMySQL (``pymysql.connect``):
     :func:`pymysql_check`, :func:`pymysql_reset`, :func:`pymysql_reset_session`.
 Redis, redis-py (:func:`redis_client` as the factory):
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import threading
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -38,7 +41,10 @@ __all__ = [
     "psycopg_check",
     "psycopg_connect",
     "psycopg_discard_all",
+    "psycopg_failover_connect",
     "psycopg_pgbouncer_connect",
+    "psycopg_primary_broken",
+    "psycopg_primary_check",
     "psycopg_reset",
     "pymysql_check",
     "pymysql_reset",
@@ -267,6 +273,116 @@ def psycopg_pgbouncer_connect(conninfo: str = "", **kwargs: Any) -> psycopg.Conn
         )
     kwargs["prepare_threshold"] = None
     return psycopg.connect(conninfo, **kwargs)
+
+
+#: What :func:`psycopg_failover_connect` sets unless the conninfo or the
+#: keyword arguments set it: connect to a primary only; give up on a host
+#: after 2 s (libpq's per-host default is as long as the OS's TCP connect
+#: timeout, about 130 s on Linux, far beyond a pool's ``timeout``), and on
+#: unacknowledged data to a host after 2 s (``tcp_user_timeout``, in ms: a
+#: host gone without a reset, a silent network). psycopg applies
+#: ``connect_timeout`` to each host in turn.
+FAILOVER_DEFAULTS = {
+    "target_session_attrs": "read-write",
+    "connect_timeout": "2",
+    "tcp_user_timeout": "2000",
+}
+
+#: The most connects :func:`psycopg_failover_connect` runs at once for one
+#: conninfo in one process: after a failover every connection of a pool is
+#: lost at once, and each of its callers would otherwise log in together.
+FAILOVER_MAX_CONNECTING = 2
+
+_connecting_lock = threading.Lock()
+_connecting: dict[str, threading.BoundedSemaphore] = {}
+
+
+def _connect_gate(conninfo: str) -> threading.BoundedSemaphore:
+    with _connecting_lock:
+        gate = _connecting.get(conninfo)
+        if gate is None:
+            gate = _connecting[conninfo] = threading.BoundedSemaphore(FAILOVER_MAX_CONNECTING)
+        return gate
+
+
+def psycopg_failover_connect(conninfo: str = "", **kwargs: Any) -> psycopg.Connection[Any]:
+    """``factory``: a connection to whichever of several servers is the primary now.
+
+    ``conninfo`` names every server, as libpq's multi-host syntax does::
+
+        host=db1,db2 port=5432,5432 dbname=app user=app
+
+    (or ``postgresql://app@db1:5432,db2:5432/app``). The hosts are tried in
+    order, and only a read-write server is kept (``target_session_attrs``):
+    after the old primary is gone and a standby promoted, the next connect
+    finds the new primary, and the probe thread of a pool whose circuit is
+    open checks the role as well as liveness, since its connect is this one.
+    :data:`FAILOVER_DEFAULTS` (``target_session_attrs=read-write``,
+    ``connect_timeout=2``, ``tcp_user_timeout=2000``) apply unless
+    ``conninfo`` or ``kwargs`` set them, so that one connect attempt takes at
+    most 2 s per host: keep the pool's ``timeout`` above that times the hosts.
+
+    Connects are paced: at most :data:`FAILOVER_MAX_CONNECTING` (2) run at
+    once per ``conninfo`` in a process, the others wait for one to end (up to
+    one attempt's budget, then raise ``OperationalError``), so that a pool
+    whose every connection a failover closed does not log in all at once.
+
+    The connection counts its writes (:func:`psycopg_connect`: a request
+    whose connection was lost before it wrote answers 503, not 500);
+    ``kwargs`` go to ``psycopg.connect`` (``autocommit=True``...). Use it with
+    ``check`` :func:`psycopg_primary_check` and ``broken``
+    :func:`psycopg_primary_broken`.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(conninfo)
+    options = dict(kwargs)
+    for name, value in FAILOVER_DEFAULTS.items():
+        if name not in given and name not in options:
+            options[name] = value
+    hosts = max(1, len(str(given.get("host", options.get("host", ""))).split(",")))
+    timeout = options.get("connect_timeout", given.get("connect_timeout"))
+    budget = hosts * max(2.0, float(timeout if timeout is not None else 2))
+    gate = _connect_gate(conninfo)
+    if not gate.acquire(timeout=budget):
+        raise psycopg.OperationalError(
+            f"{FAILOVER_MAX_CONNECTING} connects to {conninfo!r} still under way after "
+            f"{budget:g} s"
+        )
+    try:
+        return psycopg_connect(conninfo, **options)
+    finally:
+        gate.release()
+
+
+def _in_hot_standby(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server said it is a standby (read-only), as PostgreSQL 14+
+    reports to the client at start and on promotion (``in_hot_standby``): no
+    round trip. None (a server before 14, or PgBouncer) is not known: False."""
+    return conn.info.parameter_status("in_hot_standby") == "on"
+
+
+def psycopg_primary_check(conn: psycopg.Connection[Any]) -> None:
+    """``check``: :func:`psycopg_check` (one round trip), then raise if the
+    server says it is a standby now (``in_hot_standby``, which the round trip
+    brought up to date: PostgreSQL 14+; older servers and PgBouncer do not
+    report it, and then only liveness is checked)."""
+    psycopg_check(conn)
+    if _in_hot_standby(conn):
+        raise RuntimeError("the server is a standby (in_hot_standby=on): not the primary")
+
+
+def psycopg_primary_broken(conn: psycopg.Connection[Any], exc: Optional[BaseException]) -> bool:
+    """``broken``: :func:`psycopg_broken`, and discard a connection whose
+    server says it is a standby (``in_hot_standby``: read without a round
+    trip; not known, so not broken, on servers before 14 and through
+    PgBouncer). For a pool that must reach the primary
+    (:func:`psycopg_failover_connect`): a connection found broken moves the
+    pool's epoch, so every other one is checked before it is lent again. Not
+    for a pool of read-only connections to a standby, which this would
+    discard every time."""
+    return psycopg_broken(conn, exc) or (not conn.closed and _in_hot_standby(conn))
 
 
 # -- MariaDB/MySQL: PyMySQL ---------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from tcpproxy import TCPProxy
@@ -196,8 +196,11 @@ def cp_server(cp_engine: Any, free_port: int) -> str:
     return f"http://127.0.0.1:{free_port}"
 
 
-def serve_sample_app(cp_server: str, database: str, pool_size: int) -> Iterator[str]:
-    """Serve sample_app on ``cp_server`` with a pool of ``pool_size`` on ``database``.
+def serve_sample_app(
+    cp_server: str, database: str, pool_size: int, spec: Optional[dict[str, Any]] = None
+) -> Iterator[str]:
+    """Serve sample_app on ``cp_server`` with a pool of ``pool_size`` on ``database``
+    (the app's own declaration, or ``spec``, a PoodlePlugin pool declaration).
 
     For a fixture to ``yield from``: yields the base URL, stops the engine after.
     """
@@ -206,7 +209,9 @@ def serve_sample_app(cp_server: str, database: str, pool_size: int) -> Iterator[
     from poodle_cherrypy import PoodlePlugin
     from sample_app import SampleApp, db
 
-    PoodlePlugin(cherrypy.engine, {"default": db.pool_spec(database, pool_size)}).subscribe()
+    if spec is None:
+        spec = db.pool_spec(database, pool_size)
+    PoodlePlugin(cherrypy.engine, {"default": spec}).subscribe()
     sample = SampleApp(cherrypy.engine)
     sample.mount()
     sample.subscribe()

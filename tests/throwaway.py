@@ -16,6 +16,12 @@ free port (its unix socket, if any, in that directory), and is removed by
 SIGTERM for the others) or ``"immediate"`` (PostgreSQL's ``-m immediate``,
 SIGKILL for the others); ``start()`` returns once the server accepts
 connections, and returns that moment (``time.monotonic()``).
+
+Replication (issue 19): ``ThrowawayPostgres(primary=other)`` is a streaming
+standby of ``other`` (``pg_basebackup -R``, so it starts in recovery and
+follows the primary), with ``promote()`` (``pg_ctl promote``);
+:func:`postgres_pair` starts a primary and its standby, waits until the
+standby streams (synchronously, if asked) and removes both after.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -117,11 +125,22 @@ class Throwaway:
 
 
 class ThrowawayPostgres(Throwaway):
-    """A PostgreSQL cluster of our own; ``dsn`` reaches its ``postgres`` database."""
+    """A PostgreSQL cluster of our own; ``dsn`` reaches its ``postgres`` database.
+
+    With ``primary``, a streaming standby of that (running) cluster:
+    ``pg_basebackup -R`` copies it and writes ``primary_conninfo`` and
+    ``standby.signal``, so it starts in recovery (read-only, hot standby).
+    ``settings`` are ``-c name=value`` options added at every start (a
+    test may change them before a restart).
+    """
 
     user = "postgres"
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        primary: Optional[ThrowawayPostgres] = None,
+        settings: Optional[dict[str, str]] = None,
+    ) -> None:
         super().__init__()
         versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
         if not versions:
@@ -129,10 +148,19 @@ class ThrowawayPostgres(Throwaway):
         self.bin = Path(versions[-1]).parent
         self.data = self.dir / "data"
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.run([
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-            "-A", "trust", "--no-sync", "--no-instructions",
-        ])
+        self.settings = dict(settings or {})
+        if primary is None:
+            # initdb's pg_hba.conf lets 127.0.0.1 replicate too (with -A trust).
+            self.run([
+                str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                "-A", "trust", "--no-sync", "--no-instructions",
+            ])
+        else:
+            self.run([
+                str(self.bin / "pg_basebackup"), "-D", str(self.data), "-R",
+                "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                "-X", "stream", "-c", "fast", "--no-sync",
+            ])
 
     def ready(self) -> bool:
         import psycopg
@@ -154,6 +182,8 @@ class ThrowawayPostgres(Throwaway):
             "-c fsync=off -c full_page_writes=off "
             "-c max_connections=100 -c shared_buffers=16MB"
         )
+        for name, value in self.settings.items():
+            options += f" -c {name}={value}"
         self._ctl("-l", str(self.dir / "log"), "-o", options, "-W", "start")
         return self.wait_accepting()
 
@@ -161,6 +191,72 @@ class ThrowawayPostgres(Throwaway):
         """``pg_ctl stop -m fast`` or ``-m immediate``, waiting for it to end."""
         if (self.data / "postmaster.pid").exists():
             self._ctl("-m", mode, "-w", "-t", str(int(START_TIMEOUT)), "stop")
+
+    def promote(self) -> float:
+        """``pg_ctl promote -w``: a standby becomes a primary (read-write);
+        returns the moment pg_ctl said it is done."""
+        self._ctl("-w", "-t", str(int(START_TIMEOUT)), "promote")
+        return time.monotonic()
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        """The rows of ``sql``, run in autocommit on a connection of its own."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, connect_timeout=2, autocommit=True) as conn:
+            return conn.execute(sql).fetchall()
+
+    def in_recovery(self) -> bool:
+        """``pg_is_in_recovery()``: whether it is a standby (read-only) now."""
+        return bool(self.query("SELECT pg_is_in_recovery()")[0][0])
+
+    def replicas(self) -> list[tuple[str, str]]:
+        """(state, sync_state) of each standby connected to this primary."""
+        return [(str(state), str(sync)) for state, sync in
+                self.query("SELECT state, sync_state FROM pg_stat_replication")]
+
+    def log(self) -> str:
+        """The server's log so far."""
+        try:
+            return (self.dir / "log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@contextmanager
+def postgres_pair(
+    synchronous: bool = False,
+) -> Iterator[tuple[ThrowawayPostgres, ThrowawayPostgres]]:
+    """A throwaway primary and its streaming standby, both started; removed after.
+
+    ``synchronous``: the primary has ``synchronous_standby_names = '*'`` (and
+    the default ``synchronous_commit = on``), so a commit returns only once
+    the standby has flushed it. Returns once the standby is in recovery and
+    streams (as ``sync``, if asked), within :data:`START_TIMEOUT`.
+    """
+    primary = ThrowawayPostgres(
+        settings={"synchronous_standby_names": "'*'"} if synchronous else None
+    )
+    standby: Optional[ThrowawayPostgres] = None
+    try:
+        primary.start()
+        standby = ThrowawayPostgres(primary=primary)
+        standby.start()
+        want = "sync" if synchronous else "async"
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (standby.in_recovery() and ("streaming", want) in primary.replicas()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the standby on {standby.port} does not stream ({want}) from the primary "
+                    f"on {primary.port}: {primary.replicas()}\n{standby.log()[-3000:]}"
+                )
+            time.sleep(0.05)
+        yield primary, standby
+    finally:
+        try:
+            if standby is not None:
+                standby.remove()
+        finally:
+            primary.remove()
 
 
 class ThrowawayRedis(Throwaway):
