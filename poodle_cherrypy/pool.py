@@ -944,9 +944,12 @@ class Pool(Generic[CT]):
 
     # -- returning -------------------------------------------------------------
 
-    def _release(self, rec: Record, broken: Optional[str], now: Optional[float] = None) -> None:
+    def _release(
+        self, rec: Record, broken: Optional[str], now: Optional[float] = None, keep: bool = False
+    ) -> None:
         """Give back a connection lent by :meth:`_acquire`, returned at ``now``
-        (by default, now); ``broken`` says why it must be disposed of, if it must."""
+        (by default, now); ``broken`` says why it must be disposed of, if it must
+        (with ``keep``, its slot is freed and the connection left to its holder)."""
         if rec.pid != self._pid:
             return  # inherited from the parent process: neither ours to count nor to close
         if now is None:
@@ -992,12 +995,12 @@ class Pool(Generic[CT]):
                 self._drained.set()
                 self._drained = None
         try:
-            if discard:
+            if discard and not keep:
                 self._connector.dispose(rec.conn)
         finally:
             if waiter is not None:
                 waiter.lock.release()
-        if broken is not None:
+        if broken is not None and not keep:
             self._lost(rec, f"discarded {rec.conn!r}: {broken}", exc_info=reset_error)
         if self._listeners:
             self._notify("use_time", used)

@@ -11,6 +11,8 @@ import threading
 import traceback
 from typing import Any, Optional, Union
 
+from .errors import PoolError
+
 __all__ = [
     "CLOSED", "CREATE", "ROLE_CHANGED_SQLSTATES", "Local", "Record", "Sentinel", "ThreadState",
     "Waiter", "is_broken", "reports_closed",
@@ -51,10 +53,11 @@ def is_broken(conn: object, exc: Optional[BaseException]) -> bool:
     in :data:`ROLE_CHANGED_SQLSTATES` (a PostgreSQL server now read-only, or
     shutting the session down), or wraps such an exception as ``orig``
     (SQLAlchemy's ``DBAPIError``); or when the connection has a ``closed``
-    attribute that is true (psycopg, psycopg2).
+    attribute that is true (psycopg, psycopg2). A :class:`PoolError` (another
+    pool's, whatever else it derives from) never marks the connection.
     Pass ``broken=`` to :class:`Pool` to use another rule; it may call this one.
     """
-    if exc is not None:
+    if exc is not None and not isinstance(exc, PoolError):  # another pool's error
         if isinstance(exc, OSError):
             return True
         for cls in type(exc).__mro__:

@@ -54,6 +54,7 @@ from contextlib import contextmanager
 from typing import Any, Optional, Union, cast
 
 import sqlalchemy
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.engine import Connection, Engine
@@ -94,6 +95,36 @@ class PoolTimeoutError(PoolTimeout, sa_exc.TimeoutError):
     Both poodle's :class:`~poodle_cherrypy.PoolTimeout` and SQLAlchemy's
     ``sqlalchemy.exc.TimeoutError``, so either ``except`` catches it.
     """
+
+
+class _Shared:
+    """What the PoodlePools on one poodle pool share."""
+
+    __slots__ = ("incoming", "out", "records")
+
+    def __init__(self) -> None:
+        # What the next checkout in a thread takes: the connection poodle has
+        # just lent (conn) or the request's to adopt (adopt).
+        self.incoming = threading.local()
+        # poodle's record of each connection -> SQLAlchemy's record of it,
+        # kept while poodle keeps the connection.
+        self.records: weakref.WeakKeyDictionary[Record, Any] = weakref.WeakKeyDictionary()
+        # SQLAlchemy's records out now -> poodle's record, or (for the
+        # request's adopted connection) the ThreadState of its lease.
+        self.out: dict[Any, Union[Record, ThreadState]] = {}
+
+
+_shared: weakref.WeakKeyDictionary[Pool[Any], _Shared] = weakref.WeakKeyDictionary()
+
+#: SQLAlchemy's records whose DB-API connection SQLAlchemy closed (an
+#: invalidation); one that comes back without a connection and is not here
+#: was detached: its connection belongs to its caller now.
+_closed_records: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _note_closed(dbapi_connection: Any, record: Any) -> None:
+    """The ``close`` event: SQLAlchemy is closing ``record``'s connection."""
+    _closed_records.add(record)
 
 
 class PoodlePool(sa_pool.Pool):
@@ -171,13 +202,16 @@ class PoodlePool(sa_pool.Pool):
         # What the record SQLAlchemy builds in _do_get connects to: the
         # connection poodle has just lent (see _hand_over).
         self._invoke_creator = self._hand_over  # type: ignore[assignment]
-        self._incoming = threading.local()
-        # poodle's record of each connection -> SQLAlchemy's record of it,
-        # kept while poodle keeps the connection.
-        self._records: weakref.WeakKeyDictionary[Record, Any] = weakref.WeakKeyDictionary()
-        # SQLAlchemy's records out now -> poodle's record, or (for the
-        # request's adopted connection) the ThreadState of the lease.
-        self._out: dict[Any, Union[Record, ThreadState]] = {}
+        # Shared by every PoodlePool on this poodle pool (engine.dispose()
+        # makes a new one): one SQLAlchemy record per DB-API connection.
+        shared = _shared.get(self._poodle)
+        if shared is None:
+            shared = _shared[self._poodle] = _Shared()
+        self._incoming = shared.incoming
+        self._records = shared.records
+        self._out = shared.out
+        if not event.contains(self, "close", _note_closed):
+            event.listen(self, "close", _note_closed)
 
     @property
     def poodle(self) -> Pool[Any]:
@@ -244,9 +278,18 @@ class PoodlePool(sa_pool.Pool):
                 "the request's connection was invalidated during its checkout"
             )
         del self._out[record]
-        self._poodle._release(holder, "SQLAlchemy invalidated it at checkout")
+        _closed_records.discard(record)
+        poodle = self._poodle
+        poodle._release(holder, "SQLAlchemy invalidated it at checkout")
+        # A fresh connection, where there is room: an idle one has a record
+        # of its own already (and its connect events ran).
+        since = _monotonic()
+        with poodle._lock:
+            fresh = poodle._size < poodle._max_size and not poodle._closed
+            if fresh:
+                poodle._hand_slot_to_self()
         try:
-            rec = self._poodle._acquire(self._timeout, _monotonic())
+            rec = poodle._open_lent(since) if fresh else poodle._acquire(self._timeout, since)
         except PoolTimeout as exc:
             raise PoolTimeoutError(str(exc)) from exc
         self._records[rec] = record
@@ -257,28 +300,38 @@ class PoodlePool(sa_pool.Pool):
         holder = self._out.pop(record, None)
         if holder is None:
             return  # given back already (a record whose connect failed)
-        invalidated = record.dbapi_connection is None
+        gone = record.dbapi_connection is None
+        closed = gone and record in _closed_records
+        _closed_records.discard(record)
+        soft = not gone and record._soft_invalidate_time > record.starttime
         if isinstance(holder, ThreadState):
             # The request's own connection: its lease, not this pool, gives it back.
-            if invalidated and not holder.doomed:
-                holder.doomed = "SQLAlchemy invalidated it"
+            if gone and not holder.doomed:
+                holder.doomed = (
+                    "SQLAlchemy invalidated it" if closed else "SQLAlchemy detached it"
+                )
+            elif soft and holder.rec is not None:
+                holder.rec.epoch = -1  # retired: disposed of on its return, quietly
             return
-        if invalidated:
+        if closed:
             self._give_back(holder, "SQLAlchemy invalidated it")
-            return
-        if record._soft_invalidate_time > record.starttime:
-            holder.epoch = -1  # retired: disposed of on its return, quietly
-        self._give_back(holder, None)
+        elif gone:
+            # detach(): the caller keeps the connection; its slot is free.
+            self._give_back(holder, "detached", keep=True)
+        else:
+            if soft:
+                holder.epoch = -1  # retired: disposed of on its return, quietly
+            self._give_back(holder, None)
 
-    def _give_back(self, rec: Record, broken: Optional[str]) -> None:
+    def _give_back(self, rec: Record, broken: Optional[str], keep: bool = False) -> None:
         """Give ``rec`` back to poodle; from a thread of its own when the
         garbage collector is returning it (it may have interrupted this thread
         inside the pool's lock: that thread waits its turn instead)."""
         if not _collecting.active:
-            self._poodle._release(rec, broken)
+            self._poodle._release(rec, broken, keep=keep)
             return
         threading.Thread(
-            target=self._poodle._release, args=(rec, broken),
+            target=self._poodle._release, args=(rec, broken, None, keep),
             name=f"poodle {self._poodle.name} collected return", daemon=True,
         ).start()
 

@@ -220,14 +220,16 @@ class _Checkout:
         finally:
             request_attributes = cherrypy.serving.request.__dict__
             request_attributes.pop(self.attribute, None)
-            if self.session is not None:
-                request_attributes.pop(self.session_attribute, None)
-                self._close_session()
-            error = self.error
-            if error is None:
-                self.lease.__exit__(None, None, None)
-            else:
-                self.lease.__exit__(type(error), error, error.__traceback__)
+            try:
+                if self.session is not None:
+                    request_attributes.pop(self.session_attribute, None)
+                    self._close_session()
+            finally:
+                error = self.error
+                if error is None:
+                    self.lease.__exit__(None, None, None)
+                else:
+                    self.lease.__exit__(type(error), error, error.__traceback__)
 
 
     def _close_session(self) -> None:

@@ -15,11 +15,11 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 
-from sqlalchemy import event, text  # noqa: E402
-from sqlalchemy import exc as sa_exc  # noqa: E402
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 
-from poodle_cherrypy import Pool  # noqa: E402
-from poodle_cherrypy.sqlalchemy import (  # noqa: E402
+from poodle_cherrypy import Pool
+from poodle_cherrypy.sqlalchemy import (
     PoolTimeoutError,
     RequestBinding,
     create_engine,
@@ -52,10 +52,10 @@ def test_an_engine_timeout_inside_another_pools_block_does_not_discard_that_conn
     engine = create_engine(url, poodle={"max_size": 1, "timeout": 0.05})
     engines.append(engine)
     try:
-        with engine.connect():  # the Engine's only connection
-            with pytest.raises(PoolTimeoutError):
-                with other.get():
-                    engine.connect()
+        # The Engine's only connection held, then a block of another pool's
+        # in which the Engine's checkout times out.
+        with engine.connect(), pytest.raises(PoolTimeoutError), other.get():
+            engine.connect()
         assert other.stats().discarded == 0
     finally:
         other.close(timeout=0)
