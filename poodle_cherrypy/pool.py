@@ -947,9 +947,8 @@ class Pool(Generic[CT]):
     def _release(
         self, rec: Record, broken: Optional[str], now: Optional[float] = None, keep: bool = False
     ) -> None:
-        """Give back a connection lent by :meth:`_acquire`, returned at ``now``
-        (by default, now); ``broken`` says why it must be disposed of, if it must
-        (with ``keep``, its slot is freed and the connection left to its holder)."""
+        """Give back a connection lent by :meth:`_acquire`, returned at ``now`` (default:
+        now); ``broken``: why to drop it (``keep``: free its slot but leave it open)."""
         if rec.pid != self._pid:
             return  # inherited from the parent process: neither ours to count nor to close
         if now is None:
@@ -1096,7 +1095,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
+        before=_before_fork, after_in_parent=_after_fork_in_parent,
         after_in_child=_after_fork_in_child,
     )
