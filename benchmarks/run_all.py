@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/run_all.py --only deploy,callgrind
 
 It runs, each in its own process and one after another: bench_pool.py,
-bench_tool.py, callgrind_tool.py, bench_app.py and bench_deploy.py (``--quick``
+bench_tool.py, callgrind_tool.py, bench_app.py, bench_deploy.py and bench_sqlalchemy.py (``--quick``
 passes ``--quick`` to each: a smoke run whose figures mean nothing, and which
 the docs then say so of). Each one's output goes to ``<out>/<name>.txt`` and
 its figures to ``<out>/<name>.json``: the JSON a script prints or writes, else
@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "callgrind": ("callgrind_tool.py", True),
     "app": ("bench_app.py", False),
     "deploy": ("bench_deploy.py", True),
+    "sqlalchemy": ("bench_sqlalchemy.py", True),
 }
 
 #: The lines of a script's output kept as its figures when it prints no JSON.
@@ -137,6 +138,27 @@ def _callgrind_rst(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def _sqlalchemy_rst(f: dict[str, Any]) -> list[str]:
+    def mmm(spread: dict[str, float], fmt: str = "{:.0f}") -> str:
+        return "/".join(fmt.format(spread[k]) for k in ("min", "median", "max"))
+
+    c, o, r = f["cpu_phase"], f["overload_phase"], f["ratios"]
+    return [
+        f"{f['rounds']} alternated rounds of {f['seconds']:g} s per configuration and phase, "
+        f"client {f['client']}; min/median/max over the rounds:",
+        "",
+        f"- server CPU µs per ``session.get`` request ({c['threads']} threads, pool of "
+        f"{c['pool_size']}, {c['clients']} clients): poodle {mmm(f['cpu_us']['poodle'])}, "
+        f"QueuePool {mmm(f['cpu_us']['queuepool'])}; poodle/QueuePool **{r['cpu']:.3f}** "
+        f"(target <= 1.05).",
+        f"- worst wait, pool of {o['pool_size']} and {o['clients']} clients, "
+        f"pg_sleep({o['sleep_ms'] / 1000:g}) per request, each round's max latency in ms: "
+        f"poodle {mmm(f['overload_max_ms']['poodle'], '{:.1f}')}, QueuePool "
+        f"{mmm(f['overload_max_ms']['queuepool'], '{:.1f}')}; poodle/QueuePool "
+        f"**{r['worst_wait']:.3f}** (target <= 0.5); p99 ratio {r['p99']:.3f}.",
+    ]
+
+
 def _lines_rst(f: dict[str, Any]) -> list[str]:
     if "lines" in f:
         return ["::", "", *(f"    {line}" for line in f["lines"])] if f["lines"] else [
@@ -145,7 +167,7 @@ def _lines_rst(f: dict[str, Any]) -> list[str]:
 
 
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "deploy": _deploy_rst, "callgrind": _callgrind_rst,
+    "deploy": _deploy_rst, "callgrind": _callgrind_rst, "sqlalchemy": _sqlalchemy_rst,
 }
 
 

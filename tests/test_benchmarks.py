@@ -73,6 +73,32 @@ def test_quick_tool_benchmark_with_a_check_runs() -> None:
     assert "checks run: " in proc.stdout, output
 
 
+SQLALCHEMY_SCRIPT = SCRIPT.with_name("bench_sqlalchemy.py")
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_quick_sqlalchemy_benchmark_runs(postgres_dsn: str, tmp_path: Path) -> None:
+    # Two cheroot servers (poodle's Engine and a plain QueuePool Engine) on
+    # the PostgreSQL on loopback; exit 0 means no request failed.
+    out = tmp_path / "sqlalchemy.json"
+    proc = subprocess.run(
+        [sys.executable, str(SQLALCHEMY_SCRIPT), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        env={**os.environ, "POODLE_POSTGRES_DSN": postgres_dsn},
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "ratio CPU per request, poodle/QueuePool (medians): " in proc.stdout, output
+    assert "ratio worst wait (each round's max latency, medians), poodle/QueuePool: " in (
+        proc.stdout), output
+    assert "target, CPU per request poodle/QueuePool <= 1.05: " in proc.stdout, output
+    assert "target, worst wait poodle/QueuePool <= 0.50: " in proc.stdout, output
+    summary = json.loads(out.read_text())
+    assert set(summary["ratios"]) == {"cpu", "worst_wait", "p99"}
+    assert summary["failed"] is False
+
+
 RUN_ALL = SCRIPT.with_name("run_all.py")
 
 
@@ -100,7 +126,8 @@ def test_run_all_quick_refreshes_the_figures(postgres_dsn: str, tmp_path: Path) 
         p.read_text()[-3000:] for p in out.glob("*.txt"))
     summary = json.loads((out / "all.json").read_text())
     assert summary["quick"] is True
-    assert list(summary["benchmarks"]) == ["pool", "tool", "callgrind", "app", "deploy"]
+    assert list(summary["benchmarks"]) == [
+        "pool", "tool", "callgrind", "app", "deploy", "sqlalchemy"]
     for name, record in summary["benchmarks"].items():
         assert record["returncode"] == 0, (name, record)
         assert json.loads((out / f"{name}.json").read_text()) == record["figures"]
