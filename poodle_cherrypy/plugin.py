@@ -48,7 +48,8 @@ _plugins: dict[Any, PoodlePlugin] = {}
 class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
     """Owns named pools for the life of a CherryPy engine (a WSPBus).
 
-    ``pools`` maps a name to a :class:`~poodle_cherrypy.Pool`, or to a dict of
+    ``pools`` maps a name to a :class:`~poodle_cherrypy.Pool`, a SQLAlchemy Engine on
+    poodle (see :meth:`add`), or to a dict of
     Pool keyword arguments plus ``factory`` (callables may be given as
     ``"module:attribute"`` strings). ``plugin.pools[name]`` is that Pool from
     then on; constructing a pool never connects.
@@ -84,7 +85,7 @@ class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped
     def __init__(
         self,
         bus: Any,
-        pools: Optional[Mapping[str, Union[Pool[Any], Mapping[str, Any]]]] = None,
+        pools: Optional[Mapping[str, Union[Pool[Any], Mapping[str, Any], Any]]] = None,
         *,
         maintain_interval: float = 10.0,
         close_timeout: float = 5.0,
