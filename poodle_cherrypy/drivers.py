@@ -452,8 +452,12 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
     """``factory``: a ``redis.Redis`` for ``url`` that owns exactly one connection.
 
     The pooled "connection" is a ``redis.Redis`` made with
-    ``single_connection_client=True``: one socket, connected here (so an
-    outage reaches the pool's circuit breaker), with the whole command API. A
+    ``single_connection_client=True``: one socket, connected here and
+    answered one ``PING`` (so an outage reaches the pool's circuit breaker:
+    a restarted Redis accepts connections, and its ``HELLO``, while it loads
+    its dataset, and answers every other command ``-LOADING``; the ``PING``
+    makes that a failed connect, a ``BusyLoadingError``, not a connection lent
+    to fail at its first command), with the whole command API. A
     plain ``redis.Redis`` would be a pool inside the pool, and a request's
     ``SELECT`` or ``MULTI`` would land on whichever socket it lent. A bare
     ``redis.Connection`` has the socket but none of the commands. (A
@@ -476,7 +480,13 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
         "retry": Retry(NoBackoff(), 0),
     }
     options.update(kwargs)
-    return redis.Redis.from_url(url, **options)
+    client = redis.Redis.from_url(url, **options)
+    try:
+        client.ping()
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def redis_check(conn: redis.Redis) -> None:

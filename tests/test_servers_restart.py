@@ -472,3 +472,73 @@ def test_restart_under_an_idle_pool(backend: Backend, capsys: pytest.CaptureFixt
         assert all(o.status == 200 for o in outcomes), outcomes
     finally:
         pool.close()
+
+
+def test_redis_loading_its_dataset_fails_the_factory_not_the_block(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Redis that restarts accepts connections (and ``HELLO``) while it loads
+    its dataset, and answers every other command with ``-LOADING``. A
+    connection made then must fail in the factory (the pool's fail-fast 503,
+    counted by the circuit breaker), not be lent and fail at the request's
+    first command (a 500). ``key-load-delay`` (Redis's own test hook, in
+    microseconds per key) stretches the loading to seconds."""
+    require_module("redis")
+    if shutil.which("redis-server") is None:
+        unavailable("no redis-server on the PATH to make a throwaway server")
+    import redis
+
+    keys = 400
+    server = ThrowawayRedis(options=[
+        "--key-load-delay", "5000", "--loading-process-events-interval-bytes", "1024",
+    ])
+    try:
+        server.start()
+        admin = redis.Redis.from_url(server.url)
+        admin.mset({f"fill{n}": "v" * 1024 for n in range(keys)})
+        admin.save()  # an RDB file that the next start loads, one key per 5 ms
+        admin.close()
+        server.stop("fast")
+        server.start(wait=False)
+        pool = Pool(
+            lambda: drivers.redis_client(server.url, socket_timeout=10, socket_connect_timeout=5),
+            name="Redis-loading", max_size=2, timeout=5,
+            check=drivers.redis_check, reset=drivers.redis_reset,
+        )
+        outcomes: Counter[str] = Counter()
+        deadline = time.monotonic() + GIVE_UP
+        try:
+            while time.monotonic() < deadline:
+                control = redis.Redis.from_url(server.url)
+                try:
+                    loading = not control.ping()
+                except redis.exceptions.BusyLoadingError:
+                    loading = True
+                finally:
+                    control.close()
+                lease = pool.get()
+                try:
+                    conn = lease.__enter__()
+                except (PoolError, redis.exceptions.RedisError):
+                    outcomes["loading, refused" if loading else "loaded, refused"] += 1
+                    time.sleep(0.05)
+                    continue
+                try:
+                    conn.set("written", "1")
+                except redis.exceptions.RedisError as exc:
+                    lease.__exit__(type(exc), exc, exc.__traceback__)
+                    outcomes["failed in the block"] += 1
+                    continue
+                lease.__exit__(None, None, None)
+                outcomes["loading, served" if loading else "served"] += 1
+                if not loading:
+                    break
+        finally:
+            pool.close()
+        with capsys.disabled():
+            print(f"\n[restart] Redis loading {keys} keys after a restart: {dict(outcomes)}")
+        assert outcomes["loading, refused"] >= 1, outcomes  # the test saw the loading
+        assert outcomes["failed in the block"] == 0, outcomes
+        assert outcomes["served"] == 1, outcomes
+    finally:
+        server.remove()

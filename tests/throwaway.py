@@ -34,7 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -262,12 +262,14 @@ def postgres_pair(
 class ThrowawayRedis(Throwaway):
     """A redis-server of our own; ``url`` reaches database 0. No persistence,
     unless ``persist``: then an append-only file, fsynced before every reply,
-    so that a restart keeps every acknowledged write."""
+    so that a restart keeps every acknowledged write. ``options`` are added
+    to its command line (``["--key-load-delay", "5000"]``)."""
 
-    def __init__(self, persist: bool = False) -> None:
+    def __init__(self, persist: bool = False, options: Sequence[str] = ()) -> None:
         super().__init__()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.persist = persist
+        self.options = list(options)
 
     def ready(self) -> bool:
         import redis
@@ -280,7 +282,9 @@ class ThrowawayRedis(Throwaway):
         finally:
             client.close()
 
-    def start(self) -> float:
+    def start(self, wait: bool = True) -> float:
+        """Start it; return once it answers ``PING`` (with ``wait=False``, once it
+        accepts TCP connections: it may still be loading its dataset)."""
         self.proc = subprocess.Popen(
             [
                 "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
@@ -288,11 +292,19 @@ class ThrowawayRedis(Throwaway):
                 *(["--appendonly", "yes", "--appendfsync", "always"] if self.persist
                   else ["--appendonly", "no"]),
                 "--logfile", str(self.dir / "log"),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        return self.wait_accepting()
+        if wait:
+            return self.wait_accepting()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not accepts(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not listen on port {self.port}")
+            time.sleep(0.005)
+        return time.monotonic()
 
 
 class ThrowawayMariaDB(Throwaway):
