@@ -17,9 +17,12 @@ PostgreSQL, psycopg 3 (``psycopg.connect``, or :func:`psycopg_connect`):
     :func:`psycopg_broken`; through PgBouncer in transaction mode,
     :func:`psycopg_pgbouncer_connect` as the factory (see there); on a
     primary and its standbys (failover), :func:`psycopg_failover_connect`,
-    :func:`psycopg_primary_check` and :func:`psycopg_primary_broken`.
+    :func:`psycopg_primary_check` and :func:`psycopg_primary_broken`; reads
+    on a standby, :func:`psycopg_replica_connect`; request deadlines,
+    :func:`psycopg_set_deadline`.
 MariaDB/MySQL, PyMySQL (``pymysql.connect``):
-    :func:`pymysql_check`, :func:`pymysql_reset`, :func:`pymysql_reset_session`.
+    :func:`pymysql_check`, :func:`pymysql_reset`, :func:`pymysql_reset_session`,
+    :func:`pymysql_set_deadline`.
 Redis, redis-py (:func:`redis_client` as the factory):
     :func:`redis_check`, :func:`redis_reset`.
 """
@@ -30,6 +33,7 @@ import contextlib
 import functools
 import re
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -45,10 +49,13 @@ __all__ = [
     "psycopg_pgbouncer_connect",
     "psycopg_primary_broken",
     "psycopg_primary_check",
+    "psycopg_replica_connect",
     "psycopg_reset",
+    "psycopg_set_deadline",
     "pymysql_check",
     "pymysql_reset",
     "pymysql_reset_session",
+    "pymysql_set_deadline",
     "redis_check",
     "redis_client",
     "redis_reset",
@@ -333,18 +340,47 @@ def psycopg_failover_connect(conninfo: str = "", **kwargs: Any) -> psycopg.Conne
     ``check`` :func:`psycopg_primary_check` and ``broken``
     :func:`psycopg_primary_broken`.
     """
+    return _paced_connect(conninfo, FAILOVER_DEFAULTS, kwargs)
+
+
+#: What :func:`psycopg_replica_connect` sets unless the conninfo or the
+#: keyword arguments do: a standby if one answers, else the primary.
+REPLICA_DEFAULTS = {**FAILOVER_DEFAULTS, "target_session_attrs": "prefer-standby"}
+
+
+def psycopg_replica_connect(conninfo: str = "", **kwargs: Any) -> psycopg.Connection[Any]:
+    """``factory``: a connection for reads, to a standby if one answers, else the primary.
+
+    As :func:`psycopg_failover_connect` (the same multi-host ``conninfo``,
+    the same timeouts and pacing), with :data:`REPLICA_DEFAULTS`:
+    ``target_session_attrs=prefer-standby`` (libpq 14+), so that the hosts
+    are tried for a standby first and the primary serves when none answers.
+    Give ``target_session_attrs=standby`` for standbys only. For the pool a
+    request's reads go to (``tools.poodle.read_pool``); use it with
+    :func:`psycopg_check` and :func:`psycopg_broken`, not the primary
+    recipes, which would discard every standby connection.
+    """
+    return _paced_connect(conninfo, REPLICA_DEFAULTS, kwargs)
+
+
+def _paced_connect(
+    conninfo: str, defaults: dict[str, str], kwargs: dict[str, Any]
+) -> psycopg.Connection[Any]:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
     given = conninfo_to_dict(conninfo)
     options = dict(kwargs)
-    for name, value in FAILOVER_DEFAULTS.items():
+    for name, value in defaults.items():
         if name not in given and name not in options:
             options[name] = value
     hosts = max(1, len(str(given.get("host", options.get("host", ""))).split(",")))
     timeout = options.get("connect_timeout", given.get("connect_timeout"))
     budget = hosts * max(2.0, float(timeout if timeout is not None else 2))
-    gate = _connect_gate(conninfo)
+    # One gate per conninfo and role sought: a read pool does not queue
+    # behind the primary's reconnects.
+    role = options.get("target_session_attrs", given.get("target_session_attrs", ""))
+    gate = _connect_gate(f"{conninfo}\0{role}")
     if not gate.acquire(timeout=budget):
         raise psycopg.OperationalError(
             f"{FAILOVER_MAX_CONNECTING} connects to {conninfo!r} still under way after "
@@ -383,6 +419,40 @@ def psycopg_primary_broken(conn: psycopg.Connection[Any], exc: Optional[BaseExce
     for a pool of read-only connections to a standby, which this would
     discard every time."""
     return psycopg_broken(conn, exc) or (not conn.closed and _in_hot_standby(conn))
+
+
+def psycopg_set_deadline(
+    conn: psycopg.Connection[Any], seconds: float
+) -> Optional[Callable[[], None]]:
+    """``tools.poodle.deadline_hook``: end any statement of the request that
+    runs past ``seconds`` (what is left of its deadline), on the server.
+
+    Sets ``statement_timeout`` (in whole milliseconds, at least 1), so that
+    PostgreSQL cancels a statement still running then (``QueryCanceled``,
+    SQLSTATE 57014; the connection stays usable: use ``broken``
+    :func:`psycopg_broken`, which keeps it). One round trip. On a connection
+    with autocommit off it is ``SET LOCAL``: it opens the request's
+    transaction and ends with it (with ``tools.poodle.transaction``, the
+    whole request); a handler that commits and goes on runs its later
+    statements without it. With autocommit on it is a session ``SET``, and
+    the returned callable (which the tool calls before the connection goes
+    back) rolls back a transaction left open and runs ``RESET
+    statement_timeout``: one more round trip.
+    """
+    from psycopg import pq
+
+    milliseconds = str(max(1, int(seconds * 1000)))
+    if not conn.autocommit:
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", (milliseconds,))
+        return None
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", (milliseconds,))
+
+    def undo() -> None:
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.execute("RESET statement_timeout")
+
+    return undo
 
 
 # -- MariaDB/MySQL: PyMySQL ---------------------------------------------------
@@ -443,6 +513,29 @@ def pymysql_reset_session(conn: Any) -> None:
             cursor.execute(conn.init_command)
     if conn.autocommit_mode is not None:
         conn.autocommit(conn.autocommit_mode)
+
+
+def pymysql_set_deadline(conn: Any, seconds: float) -> Callable[[], None]:
+    """``tools.poodle.deadline_hook``: MariaDB ends any statement of the request
+    that runs past ``seconds`` (what is left of its deadline).
+
+    ``SET SESSION max_statement_time`` (MariaDB 10.1+, seconds, to the
+    microsecond; a statement past it fails with error 1969, which PyMySQL
+    raises as an ``OperationalError``, so the default ``broken`` rule
+    replaces the connection). One round trip; the returned callable, which
+    the tool calls before the connection goes back, sets it back to the
+    server's default (one more). MySQL has no such variable
+    (``max_execution_time`` covers ``SELECT`` only): there this raises, and
+    the request answers 500.
+    """
+    with conn.cursor() as cursor:
+        cursor.execute("SET SESSION max_statement_time = %s", (max(0.000001, seconds),))
+
+    def undo() -> None:
+        with conn.cursor() as cursor:
+            cursor.execute("SET SESSION max_statement_time = DEFAULT")
+
+    return undo
 
 
 # -- Redis: redis-py ----------------------------------------------------------

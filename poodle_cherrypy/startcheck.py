@@ -90,7 +90,7 @@ def tool_config_problems(
             problem = tools[tool_name].option_problem(option, value)
             if problem is not None:
                 problems.append(f"{where} {key}: {problem}")
-            elif option == "pool" and value not in pools:
+            elif option in ("pool", "read_pool") and value is not None and value not in pools:
                 problems.append(
                     f"{where} {key} = {value!r}: no such pool; the pools are {sorted(pools)}"
                 )

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterator
-from typing import Any, Optional
+import time
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Optional, Union
 
 import cherrypy
 from cherrypy.lib import file_generator, httputil
 
+from .config import resolve_callable
 from .drivers import WRITES_ATTRIBUTE
 from .errors import PoolError
 from .plugin import PoodlePlugin, get_pool
@@ -22,6 +24,10 @@ __all__ = ["PoodleTool", "ServiceUnavailable"]
 #: After trailing_slash (60) redirects and caching (90) answers from its
 #: cache, so neither checks a connection out for nothing.
 DEFAULT_PRIORITY = 95
+
+#: The methods whose requests read only (RFC 9110's safe methods): with
+#: ``tools.poodle.read_pool`` they get that pool's connection.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 class ServiceUnavailable(cherrypy.HTTPError):  # type: ignore[misc]  # cherrypy is untyped
@@ -72,9 +78,9 @@ class _Checkout:
     """
 
     __slots__ = (
-        "attribute", "body", "conn", "cut_short", "decided", "error", "handler", "lease",
-        "lost", "pool", "ran", "retry_after", "sa_conn", "session", "session_attribute",
-        "transaction", "writes",
+        "attribute", "body", "conn", "cut_short", "deadline", "decided", "error", "expires",
+        "handler", "lease", "lost", "pool", "ran", "retry_after", "sa_conn", "session",
+        "session_attribute", "transaction", "undo", "writes",
     )
 
     def __init__(
@@ -109,6 +115,12 @@ class _Checkout:
         self.session: Any = None
         self.sa_conn: Any = None
         self.session_attribute = ""
+        # The request's deadline (tools.poodle.deadline): its budget in
+        # seconds and when it runs out (time.time()), and the deadline
+        # hook's undo, called before the connection goes back.
+        self.deadline: Optional[float] = None
+        self.expires: Optional[float] = None
+        self.undo: Optional[Callable[[], Any]] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -117,6 +129,22 @@ class _Checkout:
             self.error = exc
             if isinstance(exc, Exception) and not isinstance(exc, cherrypy.HTTPRedirect):
                 self.lost = self.pool.is_broken(self.conn, exc)
+                if (
+                    self.expires is not None
+                    and not isinstance(exc, cherrypy.HTTPError)
+                    and time.time() >= self.expires
+                ):
+                    # Raised once the budget was spent: the deadline hook's
+                    # statement timeout (or the driver's own) ended it.
+                    cherrypy.log(
+                        f"pool {self.pool.name!r}: the request ran past its deadline of "
+                        f"{self.deadline:g} s ({exc!r}); answering 504", "POODLE",
+                        severity=logging.WARNING,
+                    )
+                    raise cherrypy.HTTPError(
+                        504, f"The database did not answer within the request's deadline "
+                        f"({self.deadline:g} s).",
+                    ) from None
                 if (
                     self.lost
                     and self.writes is not None
@@ -224,6 +252,8 @@ class _Checkout:
                 if self.session is not None:
                     request_attributes.pop(self.session_attribute, None)
                     self._close_session()
+                if self.undo is not None and not self.lost:
+                    self._undo_deadline()
             finally:
                 error = self.error
                 if error is None:
@@ -231,6 +261,14 @@ class _Checkout:
                 else:
                     self.lease.__exit__(type(error), error, error.__traceback__)
 
+    def _undo_deadline(self) -> None:
+        """Call the deadline hook's undo (the statement timeout set back)."""
+        try:
+            self.undo()  # type: ignore[misc]  # not None: the caller looked
+        except Exception as exc:
+            self.error = self.error or exc  # the pool judges the connection by it
+            cherrypy.log("undoing the request's deadline failed", "POODLE",
+                         severity=logging.ERROR, traceback=True)
 
     def _close_session(self) -> None:
         """Close the Session (rolling back what was not committed) and its
@@ -283,6 +321,25 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
     - ``tools.poodle.priority`` (95): of the ``before_handler`` hook; the
       default comes after ``trailing_slash`` redirects (60) and cache hits
       (90), which then check nothing out.
+    - ``tools.poodle.read_pool`` (None): the name of a pool for the requests
+      that only read (GET, HEAD, OPTIONS, TRACE: :data:`SAFE_METHODS`), a
+      pool of standby connections, say; other methods get ``pool``'s.
+    - ``tools.poodle.read_fallback`` (True): when ``read_pool`` cannot lend
+      (its server down, the pool exhausted or closed), the read gets a
+      connection of ``pool`` instead; False answers 503 with ``Retry-After``.
+    - ``tools.poodle.deadline`` (None): the request's time budget in seconds
+      from its start (``cherrypy.response.time``), or True for the
+      ``response.timeout`` config key's. The wait for a connection ends with
+      the budget (a 503), and a request whose handler raises once it is
+      spent answers 504 with a message that says so.
+    - ``tools.poodle.deadline_hook`` (None): ``hook(conn, seconds_left)``,
+      called on the connection right after checkout to make the database
+      end what runs past the deadline; it may return a callable, called
+      before the connection goes back, to undo it.
+      :func:`~poodle_cherrypy.drivers.psycopg_set_deadline` (PostgreSQL's
+      ``statement_timeout``) and
+      :func:`~poodle_cherrypy.drivers.pymysql_set_deadline` (MariaDB's
+      ``max_statement_time``); a callable or a ``"module:callable"`` string.
 
     A connection lost during the request (the handler raised an error the
     pool's ``broken`` rule judges fatal, and the rule judges the connection
@@ -309,7 +366,10 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
     """
 
     #: The config keys it takes (checked against app config at engine start).
-    poodle_options = frozenset({"on", "pool", "timeout", "transaction", "retry_after", "priority"})
+    poodle_options = frozenset({
+        "on", "pool", "timeout", "transaction", "retry_after", "priority", "read_pool",
+        "read_fallback", "deadline", "deadline_hook",
+    })
 
     def __init__(
         self,
@@ -332,6 +392,7 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
             )
         self._attribute = attribute
         self._session_attribute = session_attribute
+        self._hooks: dict[str, Callable[..., Any]] = {}  # deadline_hook strings resolved
         super().__init__("before_handler", self._checkout, priority=priority)
         self.__doc__ = type(self).__doc__
 
@@ -346,10 +407,24 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         if option not in PoodleTool.poodle_options:
             return f"unknown option; the options are {', '.join(sorted(PoodleTool.poodle_options))}"
         number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        if option in ("on", "transaction") and not isinstance(value, bool):
+        if option in ("on", "transaction", "read_fallback") and not isinstance(value, bool):
             return f"must be True or False, got {value!r}"
         if option == "pool" and not isinstance(value, str):
             return f"must be a pool's name, got {value!r}"
+        if option == "read_pool" and value is not None and not isinstance(value, str):
+            return f"must be a pool's name or None, got {value!r}"
+        if option == "deadline" and not (
+            value is None or value is True or (number is not None and number > 0)
+        ):
+            return (
+                f"must be a number of seconds > 0, True (response.timeout's) or None, "
+                f"got {value!r}"
+            )
+        if option == "deadline_hook" and value is not None:
+            try:
+                resolve_callable(value, "deadline_hook")
+            except (TypeError, ValueError) as exc:
+                return str(exc).removeprefix("deadline_hook: ")
         if option == "timeout" and value is not None and not (number is not None and number >= 0):
             return f"must be a number of seconds >= 0 or None, got {value!r}"
         if option == "retry_after" and not (isinstance(number, int) and number >= 0):
@@ -387,44 +462,42 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         timeout: Optional[float] = None,
         transaction: bool = False,
         retry_after: int = 5,
+        read_pool: Optional[str] = None,
+        read_fallback: bool = True,
+        deadline: Union[bool, float, None] = None,
+        deadline_hook: Any = None,
     ) -> None:
         request = cherrypy.serving.request
         handler = request.handler
         if handler is None:
             return  # answered already (a cache hit, say): no connection needed
         plugin = PoodlePlugin.lookup(cherrypy.engine)
-        target = plugin.pools.get(pool) if plugin is not None else None
-        if target is None:
-            try:
-                get_pool(pool)  # raises, saying what there is instead
-            except LookupError as exc:
-                cherrypy.log(f"tools.{self._name}.pool = {pool!r}: {exc}", "POODLE",
-                             severity=logging.ERROR)
-            raise cherrypy.HTTPError(500)
-        lease = target.get(timeout)
-        try:
-            conn = lease.__enter__()
-        except PoolError as exc:
-            # One line per request; the pool logs the outage itself, once.
-            cherrypy.log(f"{exc}; answered 503", "POODLE", severity=logging.INFO)
-            raise ServiceUnavailable(retry_after) from None
-        except Exception as exc:
-            # The pool logged this failure's traceback, once per outage.
-            cherrypy.log(
-                f"pool {pool!r}: opening a connection failed ({exc!r}); answered 503",
-                "POODLE", severity=logging.INFO,
-            )
-            raise ServiceUnavailable(retry_after) from None
+        expires = budget = None
+        if deadline is not None and deadline is not False:
+            budget = self._budget(deadline)
+            expires = cherrypy.serving.response.time + budget
+        name = pool
+        if read_pool is not None and request.method in SAFE_METHODS:
+            name = read_pool
+        fallback = pool if name != pool and read_fallback else None
+        name, target, lease, conn = self._lend(
+            plugin, name, "pool" if name == pool else "read_pool", fallback, timeout, expires,
+            budget, retry_after,
+        )
         checkout = _Checkout(
             target, lease, conn, self._attribute, bool(transaction), handler, retry_after
         )
-        binding = plugin.bindings.get(pool)  # type: ignore[union-attr]  # found the pool
+        if expires is not None:
+            checkout.deadline, checkout.expires = budget, expires
+            if deadline_hook is not None:
+                self._start_deadline(checkout, deadline_hook)
+        binding = plugin.bindings.get(name)  # type: ignore[union-attr]  # found the pool
         if binding is not None:
             try:
                 checkout.session, checkout.sa_conn = binding.open()
             except BaseException as exc:
                 lease.__exit__(type(exc), exc, exc.__traceback__)
-                cherrypy.log(f"pool {pool!r}: starting the SQLAlchemy Session failed", "POODLE",
+                cherrypy.log(f"pool {name!r}: starting the SQLAlchemy Session failed", "POODLE",
                              severity=logging.ERROR, traceback=True)
                 raise cherrypy.HTTPError(500) from None
             checkout.session_attribute = self._session_attribute
@@ -436,3 +509,102 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
             # Late, after encode and gzip, so the body it collapses is final.
             hooks.attach("before_finalize", checkout.end_transaction_early, priority=95)
         hooks.attach("on_end_request", checkout.give_back, failsafe=True, priority=80)
+
+    def _budget(self, deadline: Union[bool, float]) -> float:
+        """The request's budget in seconds: ``deadline``, or ``response.timeout``'s."""
+        if deadline is not True:
+            return float(deadline)
+        seconds = getattr(cherrypy.serving.response, "timeout", None)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            cherrypy.log(
+                f"tools.{self._name}.deadline = True takes the response.timeout config "
+                f"key's seconds, and it is {seconds!r}; set response.timeout = <seconds>",
+                "POODLE", severity=logging.ERROR,
+            )
+            raise cherrypy.HTTPError(500)
+        return float(seconds)
+
+    def _lend(
+        self,
+        plugin: Optional[PoodlePlugin],
+        name: str,
+        key: str,
+        fallback: Optional[str],
+        timeout: Optional[float],
+        expires: Optional[float],
+        budget: Optional[float],
+        retry_after: int,
+    ) -> tuple[str, Pool[Any], Lease[Any], Any]:
+        """Check a connection out of pool ``name`` (else of ``fallback``): the
+        name of the pool that lent it, the pool, the lease entered and the
+        connection; else 503 (500 for no such pool)."""
+        target = plugin.pools.get(name) if plugin is not None else None
+        if target is None:
+            try:
+                get_pool(name)  # raises, saying what there is instead
+            except LookupError as exc:
+                cherrypy.log(f"tools.{self._name}.{key} = {name!r}: {exc}", "POODLE",
+                             severity=logging.ERROR)
+            raise cherrypy.HTTPError(500)
+        wait = timeout
+        if expires is not None:
+            left = expires - time.time()
+            if left <= 0:
+                cherrypy.log(
+                    f"pool {name!r}: the request's deadline of {budget:g} s passed before "
+                    f"it got a connection; answered 503", "POODLE", severity=logging.INFO,
+                )
+                raise ServiceUnavailable(retry_after)
+            # The pool's own timeout (the lease's default) or the one given,
+            # whichever ends first.
+            wait = min(target._timeout if timeout is None else timeout, left)
+        lease = target.get(wait)
+        try:
+            return name, target, lease, lease.__enter__()
+        except Exception as exc:
+            if fallback is not None:
+                cherrypy.log(f"pool {name!r}: {exc!r}; reading from pool {fallback!r} instead",
+                             "POODLE", severity=logging.INFO)
+                return self._lend(
+                    plugin, fallback, "pool", None, timeout, expires, budget, retry_after
+                )
+            if isinstance(exc, PoolError):
+                # One line per request; the pool logs the outage itself, once.
+                cherrypy.log(f"{exc}; answered 503", "POODLE", severity=logging.INFO)
+            else:
+                # The pool logged this failure's traceback, once per outage.
+                cherrypy.log(
+                    f"pool {name!r}: opening a connection failed ({exc!r}); answered 503",
+                    "POODLE", severity=logging.INFO,
+                )
+            raise ServiceUnavailable(retry_after) from None
+
+    def _start_deadline(self, checkout: _Checkout, deadline_hook: Any) -> None:
+        """Call the deadline hook on the checkout's connection with the seconds left."""
+        if isinstance(deadline_hook, str):
+            hook = self._hooks.get(deadline_hook)
+            if hook is None:
+                hook = self._hooks[deadline_hook] = resolve_callable(
+                    deadline_hook, f"tools.{self._name}.deadline_hook"
+                )
+        else:
+            hook = deadline_hook
+        left = checkout.expires - time.time()  # type: ignore[operator]  # set
+        try:
+            if left <= 0:
+                raise ServiceUnavailable(checkout.retry_after)
+            checkout.undo = hook(checkout.conn, left)
+        except BaseException as exc:
+            lease = checkout.lease
+            lease.__exit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, cherrypy.HTTPError):
+                raise
+            if isinstance(exc, Exception) and checkout.pool.is_broken(checkout.conn, exc):
+                cherrypy.log(
+                    f"pool {checkout.pool.name!r}: the connection failed as the deadline "
+                    f"was set ({exc!r}); answered 503", "POODLE", severity=logging.INFO,
+                )
+                raise ServiceUnavailable(checkout.retry_after) from None
+            cherrypy.log(f"tools.{self._name}.deadline_hook {hook!r} failed", "POODLE",
+                         severity=logging.ERROR, traceback=True)
+            raise cherrypy.HTTPError(500) from None

@@ -87,7 +87,8 @@ def test_apps_behind_a_virtual_host_are_checked(cp_engine: Any) -> None:
         "/v (default host) [/x] tools.poodle.pool = 'missing': no such pool; the pools are "
         "['default']",
         "/v (host 'b.example') [/] tools.poodle.timout: unknown option; the options are "
-        "on, pool, priority, retry_after, timeout, transaction",
+        "deadline, deadline_hook, on, pool, priority, read_fallback, read_pool, retry_after, "
+        "timeout, transaction",
     ]
 
 
