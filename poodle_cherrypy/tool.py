@@ -19,7 +19,7 @@ from .errors import PoolError
 from .plugin import PoodlePlugin, get_pool
 from .pool import Lease, Pool
 
-__all__ = ["PoodleTool", "ServiceUnavailable"]
+__all__ = ["SAFE_METHODS", "PoodleTool", "ServiceUnavailable"]
 
 #: After trailing_slash (60) redirects and caching (90) answers from its
 #: cache, so neither checks a connection out for nothing.
