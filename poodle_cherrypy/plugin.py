@@ -36,13 +36,18 @@ from .options import check_seconds
 from .pool import Pool
 from .startcheck import tool_config_problems
 
-__all__ = ["PoodlePlugin", "get_pool"]
+__all__ = ["PoodlePlugin", "find_plugin", "get_pool"]
 
 #: Plugin options that CherryPy config may set as ``poodle.<option>``.
 PLUGIN_OPTIONS = frozenset({"maintain_interval", "close_timeout"})
 
 #: The plugin subscribed to each bus (at most one).
 _plugins: dict[Any, PoodlePlugin] = {}
+
+#: ``find_plugin(bus)``: the plugin subscribed to ``bus``, or None. It is
+#: :meth:`PoodlePlugin.lookup` without the default bus, a dict's ``get``
+#: (no Python frame), for code that runs on every request.
+find_plugin: Callable[[Any], Optional[PoodlePlugin]] = _plugins.get
 
 
 class PoodlePlugin(SimplePlugin):  # type: ignore[misc]  # cherrypy is untyped

@@ -20,6 +20,7 @@ from cherrypy.process.plugins import Daemonizer, DropPrivileges
 from cherrypy.process.servers import ServerAdapter
 
 from poodle_cherrypy import PoodlePlugin, Pool, get_pool
+from poodle_cherrypy.plugin import find_plugin
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -416,7 +417,9 @@ def test_one_plugin_per_bus_and_clear_lookup_errors(cp_engine: Any) -> None:
         plugin.add("a", Pool(object))
     with pytest.raises(LookupError, match=r"no pool named 'b'; the pools are \['a'\]"):
         get_pool("b")
+    assert find_plugin(cherrypy.engine) is plugin is PoodlePlugin.lookup()
     plugin.unsubscribe()
+    assert find_plugin(cherrypy.engine) is None and PoodlePlugin.lookup() is None
     with pytest.raises(LookupError):
         PoodlePlugin.for_bus()
 
