@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import cherrypy
 from cherrypy.lib import file_generator, httputil
@@ -16,7 +17,8 @@ from cherrypy.lib import file_generator, httputil
 from .config import resolve_callable
 from .drivers import WRITES_ATTRIBUTE
 from .errors import PoolError
-from .plugin import PoodlePlugin, get_pool
+from .options import check_seconds
+from .plugin import PoodlePlugin, find_plugin, get_pool
 from .pool import Lease, Pool
 
 __all__ = ["SAFE_METHODS", "PoodleTool", "ServiceUnavailable"]
@@ -69,66 +71,70 @@ def _is_lazy(body: object) -> bool:
     )
 
 
-class _Checkout:
-    """One request's checkout, and the page handler wrapped to watch it.
+class _Checkout(Lease[Any]):
+    """One request's checkout: the lease itself, and the page handler wrapped
+    to watch it.
 
     It stands in ``request.handler`` (noting what the handler, or a lazy body
-    it returned, raised) and its bound methods are the request's hooks: all
-    the state lives here, reached from ``cherrypy.request``.
+    it returned, raised); the tool's hooks find it in the request's
+    ``__dict__``: all the state lives here. Being the lease (not holding
+    one) saves an object per request.
     """
 
-    __slots__ = (
-        "attribute", "body", "conn", "cut_short", "deadline", "decided", "error", "expires",
-        "handler", "lease", "lost", "pool", "ran", "retry_after", "sa_conn", "session",
-        "session_attribute", "transaction", "undo", "writes",
-    )
+    # No __slots__: the state a request may never need (a lazy body, a
+    # Session, a deadline) keeps these class defaults, so a checkout sets
+    # only its own eight attributes (the per-request cost of the tool).
+    error: Optional[BaseException] = None
+    lost = False  # the pool judged the connection lost
+    body: Optional[Generator[Any, None, None]] = None  # the watched lazy body, if any
+    decided = False  # committed or rolled back already
+    cut_short = False  # the lazy body was closed before its end (the client left)
+    ran = False  # the lazy body has run to its end (or failed)
+    # The SQLAlchemy Session on this connection (a pool declared for
+    # SQLAlchemy), its Connection and the request attribute it is on.
+    session: Any = None
+    sa_conn: Any = None
+    session_attribute = ""
+    # The request's deadline (tools.poodle.deadline): its budget in seconds
+    # and when it runs out (time.time()), and the deadline hook's undo,
+    # called before the connection goes back.
+    deadline: Optional[float] = None
+    expires: Optional[float] = None
+    undo: Optional[Callable[[], Any]] = None
+
+    conn: Any = None  # once entered
+    # A connection that counts the statements that may write (see
+    # drivers.psycopg_connect): the count at checkout, else None.
+    writes: Optional[int] = None
 
     def __init__(
         self,
         pool: Pool[Any],
-        lease: Lease[Any],
-        conn: Any,
+        timeout: Optional[float],
         attribute: str,
         transaction: bool,
         handler: Any,
         retry_after: int,
     ) -> None:
-        self.pool = pool
-        self.lease = lease
-        self.conn = conn
+        # Lease's own three slots, set here rather than by a call of its
+        # __init__ (a frame per request).
+        self._pool = pool
+        self._timeout = timeout
+        self._state = None
         self.retry_after = retry_after
-        # A connection that counts the statements that may write (see
-        # drivers.psycopg_connect): the count at checkout, else None.
-        writes = getattr(conn, WRITES_ATTRIBUTE, None)
-        self.writes: Optional[int] = writes if type(writes) is int else None
-        self.lost = False  # the pool judged the connection lost
         self.attribute = attribute
         self.transaction = transaction
         self.handler = handler
-        self.error: Optional[BaseException] = None
-        self.body: Optional[Generator[Any, None, None]] = None  # the watched lazy body, if any
-        self.decided = False  # committed or rolled back already
-        self.cut_short = False  # the lazy body was closed before its end (the client left)
-        self.ran = False  # the lazy body has run to its end (or failed)
-        # The SQLAlchemy Session on this connection (a pool declared for
-        # SQLAlchemy), its Connection and the request attribute it is on.
-        self.session: Any = None
-        self.sa_conn: Any = None
-        self.session_attribute = ""
-        # The request's deadline (tools.poodle.deadline): its budget in
-        # seconds and when it runs out (time.time()), and the deadline
-        # hook's undo, called before the connection goes back.
-        self.deadline: Optional[float] = None
-        self.expires: Optional[float] = None
-        self.undo: Optional[Callable[[], Any]] = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self) -> Any:
+        # No arguments, as CherryPy's PageHandler takes none (and a call with
+        # *args and **kwargs would cost a dict per request).
         try:
-            body = self.handler(*args, **kwargs)
+            body = self.handler()
         except BaseException as exc:
             self.error = exc
             if isinstance(exc, Exception) and not isinstance(exc, cherrypy.HTTPRedirect):
-                self.lost = self.pool.is_broken(self.conn, exc)
+                self.lost = self._pool.is_broken(self.conn, exc)
                 if (
                     self.expires is not None
                     and not isinstance(exc, cherrypy.HTTPError)
@@ -137,7 +143,7 @@ class _Checkout:
                     # Raised once the budget was spent: the deadline hook's
                     # statement timeout (or the driver's own) ended it.
                     cherrypy.log(
-                        f"pool {self.pool.name!r}: the request ran past its deadline of "
+                        f"pool {self._pool.name!r}: the request ran past its deadline of "
                         f"{self.deadline:g} s ({exc!r}); answering 504", "POODLE",
                         severity=logging.WARNING,
                     )
@@ -151,26 +157,49 @@ class _Checkout:
                     and getattr(self.conn, WRITES_ATTRIBUTE, None) == self.writes
                     # The connection itself is lost, not only judged so for
                     # the error (the default rule's any OSError, say).
-                    and self.pool.is_broken(self.conn, None)
+                    and self._pool.is_broken(self.conn, None)
                 ):
                     # Nothing this request sent could have changed anything:
                     # retrying is safe, which 503 with Retry-After says.
                     cherrypy.log(
-                        f"pool {self.pool.name!r}: the connection was lost before the "
+                        f"pool {self._pool.name!r}: the connection was lost before the "
                         f"request wrote anything ({exc!r}); answering 503",
                         "POODLE", severity=logging.WARNING,
                     )
                     raise ServiceUnavailable(self.retry_after) from None
             raise
-        if _is_lazy(body):
+        if type(body) not in _READY_BODIES and _is_lazy(body):
             # A generator's code runs later (when the body is collapsed or
             # streamed), still on this request's connection.
             body = self.body = self._watched(body)
         return body
 
-    def __getattr__(self, name: str) -> Any:
-        # PageHandler's callable, args and kwargs, for code that inspects them.
-        return getattr(self.handler, name)
+    # PageHandler's callable, args and kwargs, for the hooks and tools that
+    # inspect request.handler after dispatch. Properties, not __getattr__:
+    # a class with __getattr__ makes every attribute read of its instances
+    # take the slow path, on each request.
+    @property
+    def callable(self) -> Any:
+        """The page handler's own callable."""
+        return self.handler.callable
+
+    @property
+    def args(self) -> Any:
+        """The page handler's positional arguments."""
+        return self.handler.args
+
+    @args.setter
+    def args(self, args: Any) -> None:
+        self.handler.args = args
+
+    @property
+    def kwargs(self) -> Any:
+        """The page handler's keyword arguments."""
+        return self.handler.kwargs
+
+    @kwargs.setter
+    def kwargs(self, kwargs: Any) -> None:
+        self.handler.kwargs = kwargs
 
     def _watched(self, body: Iterator[Any]) -> Generator[Any, None, None]:
         try:
@@ -228,39 +257,6 @@ class _Checkout:
             self.error = exc  # the pool judges whether the connection survived it
             raise
 
-    def give_back(self) -> None:
-        """on_end_request (failsafe): end the lazy body and the transaction, give back."""
-        try:
-            if self.body is not None:
-                try:
-                    self.body.close()  # its finally blocks run while we still hold the conn
-                except Exception as exc:
-                    self.error = exc
-                    cherrypy.log("closing the response body failed", "POODLE",
-                                 severity=logging.ERROR, traceback=True)
-            if self.transaction and not self.decided:
-                try:
-                    self.end_transaction()
-                except Exception:
-                    # The response is out already: all that is left is to log it.
-                    cherrypy.log("ending the transaction failed", "POODLE",
-                                 severity=logging.ERROR, traceback=True)
-        finally:
-            request_attributes = cherrypy.serving.request.__dict__
-            request_attributes.pop(self.attribute, None)
-            try:
-                if self.session is not None:
-                    request_attributes.pop(self.session_attribute, None)
-                    self._close_session()
-                if self.undo is not None and not self.lost:
-                    self._undo_deadline()
-            finally:
-                error = self.error
-                if error is None:
-                    self.lease.__exit__(None, None, None)
-                else:
-                    self.lease.__exit__(type(error), error, error.__traceback__)
-
     def _undo_deadline(self) -> None:
         """Call the deadline hook's undo (the statement timeout set back)."""
         try:
@@ -286,6 +282,81 @@ class _Checkout:
                 self.error = self.error or exc
                 cherrypy.log("closing the SQLAlchemy Connection failed", "POODLE",
                              severity=logging.ERROR, traceback=True)
+
+
+class _Hook(functools.partial[Any]):
+    """A hook that every request of one tool shares. CherryPy's ``Hook`` is
+    the callback, its priority and its keyword arguments, none of them the
+    request's: this one is attached with a list append, no Hook made nor
+    keywords copied per request, and being a ``functools.partial`` it calls
+    ``callback(*args)`` with no Python frame of its own."""
+
+    __slots__ = ("failsafe", "priority")
+    failsafe: bool
+    priority: float
+    kwargs: ClassVar[dict[str, Any]] = {}  # as Hook's, for code that reads them
+
+    def __new__(cls, callback: Callable[..., Any], priority: float, *args: Any,
+                failsafe: bool = False) -> _Hook:
+        self = super().__new__(cls, callback, *args)
+        self.priority = priority
+        self.failsafe = failsafe
+        return self
+
+    @property
+    def callback(self) -> Callable[..., Any]:
+        """The function the hook calls (as Hook's ``callback``)."""
+        return self.func
+
+    def __lt__(self, other: Any) -> bool:
+        return self.priority < other.priority  # type: ignore[no-any-return]  # as Hook sorts
+
+    def __repr__(self) -> str:
+        return (f"{__name__}._Hook(callback={self.func!r}, args={self.args!r}, "
+                f"failsafe={self.failsafe!r}, priority={self.priority!r})")
+
+
+def _give_back(key: str) -> None:
+    """on_end_request (failsafe, 80), a shared hook: the request's checkout,
+    kept in its ``__dict__`` under ``key``, gives its connection back.
+
+    The lazy body ended, the transaction ended, the request's attributes and
+    the Session gone, the deadline undone, then the lease exited: here rather
+    than in a method of the checkout's (a frame a request).
+    """
+    attributes = cherrypy.serving.request.__dict__
+    checkout: Optional[_Checkout] = attributes.pop(key, None)
+    if checkout is None:
+        return
+    try:
+        if checkout.body is not None:
+            try:
+                checkout.body.close()  # its finally blocks run while we still hold the conn
+            except Exception as exc:
+                checkout.error = exc
+                cherrypy.log("closing the response body failed", "POODLE",
+                             severity=logging.ERROR, traceback=True)
+        if checkout.transaction and not checkout.decided:
+            try:
+                checkout.end_transaction()
+            except Exception:
+                # The response is out already: all that is left is to log it.
+                cherrypy.log("ending the transaction failed", "POODLE",
+                             severity=logging.ERROR, traceback=True)
+    finally:
+        attributes.pop(checkout.attribute, None)
+        try:
+            if checkout.session is not None:
+                attributes.pop(checkout.session_attribute, None)
+                checkout._close_session()
+            if checkout.undo is not None and not checkout.lost:
+                checkout._undo_deadline()
+        finally:
+            error = checkout.error
+            if error is None:
+                checkout.__exit__(None, None, None)
+            else:
+                checkout.__exit__(type(error), error, error.__traceback__)
 
 
 class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
@@ -393,8 +464,16 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         self._attribute = attribute
         self._session_attribute = session_attribute
         self._hooks: dict[str, Callable[..., Any]] = {}  # deadline_hook strings resolved
+        # Where a request's checkout is kept (in its __dict__) for the hooks.
+        self._key = f"_poodle_{attribute}_checkout"
         super().__init__("before_handler", self._checkout, priority=priority)
         self.__doc__ = type(self).__doc__
+        # Hooks every request shares (a Hook is the callback, its priority and
+        # its keyword arguments, none of them the request's): attaching one is
+        # a list append, not a Hook made and its keywords copied per request.
+        self._checkout_hook = _Hook(self._checkout, self._priority)
+        self._finalize_hook = _Hook(self._end_transaction_early, 95)
+        self._end_hook = _Hook(_give_back, 80, self._key, failsafe=True)
 
     @staticmethod
     def option_problem(option: str, value: object) -> Optional[str]:
@@ -448,6 +527,10 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         # Hook only the checkout; the other hooks are attached by a checkout,
         # so a request that never checked one out has nothing to give back.
         conf = request.toolmaps[self.namespace][self._name]  # "on" is among them
+        if len(conf) == 1:
+            # Only "on": every option at its default, the shared hook.
+            request.hooks[self._point].append(self._checkout_hook)
+            return
         if "priority" in conf:
             conf = dict(conf)
             priority = conf.pop("priority")
@@ -471,22 +554,40 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         handler = request.handler
         if handler is None:
             return  # answered already (a cache hit, say): no connection needed
-        plugin = PoodlePlugin.lookup(cherrypy.engine)
-        expires = budget = None
-        if deadline is not None and deadline is not False:
-            budget = self._budget(deadline)
-            expires = cherrypy.serving.response.time + budget
-        name = pool
-        if read_pool is not None and request.method in SAFE_METHODS:
-            name = read_pool
-        fallback = pool if name != pool and read_fallback else None
-        name, target, lease, conn = self._lend(
-            plugin, name, "pool" if name == pool else "read_pool", fallback, timeout, expires,
-            budget, retry_after,
-        )
-        checkout = _Checkout(
-            target, lease, conn, self._attribute, bool(transaction), handler, retry_after
-        )
+        plugin = find_plugin(cherrypy.engine)
+        if deadline is None and read_pool is None:
+            # The common case, inlined: one pool, its own timeout.
+            target = plugin.pools.get(pool) if plugin is not None else None
+            if target is None:
+                raise self._no_pool(pool, "pool")
+            if timeout is not None:
+                timeout = check_seconds("timeout", timeout)
+            checkout = _Checkout(
+                target, timeout, self._attribute, bool(transaction), handler, retry_after
+            )
+            try:
+                conn = checkout.__enter__()
+            except Exception as exc:
+                raise self._refused(pool, exc, retry_after) from None
+            name = pool
+            expires = budget = None
+        else:
+            expires = budget = None
+            if deadline is not None and deadline is not False:
+                budget = self._budget(deadline)
+                expires = cherrypy.serving.response.time + budget
+            name = pool
+            if read_pool is not None and request.method in SAFE_METHODS:
+                name = read_pool
+            fallback = pool if name != pool and read_fallback else None
+            name, checkout, conn = self._lend(
+                plugin, name, "pool" if name == pool else "read_pool", fallback, timeout,
+                expires, budget, retry_after, bool(transaction), handler,
+            )
+        checkout.conn = conn
+        writes = getattr(conn, WRITES_ATTRIBUTE, None)
+        if type(writes) is int:
+            checkout.writes = writes
         if expires is not None:
             checkout.deadline, checkout.expires = budget, expires
             if deadline_hook is not None:
@@ -496,19 +597,27 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
             try:
                 checkout.session, checkout.sa_conn = binding.open()
             except BaseException as exc:
-                lease.__exit__(type(exc), exc, exc.__traceback__)
+                checkout.__exit__(type(exc), exc, exc.__traceback__)
                 cherrypy.log(f"pool {name!r}: starting the SQLAlchemy Session failed", "POODLE",
                              severity=logging.ERROR, traceback=True)
                 raise cherrypy.HTTPError(500) from None
             checkout.session_attribute = self._session_attribute
             setattr(request, self._session_attribute, checkout.session)
-        setattr(request, self._attribute, conn)
+        attributes = request.__dict__
+        attributes[self._attribute] = conn
+        attributes[self._key] = checkout
         request.handler = checkout
         hooks = request.hooks
         if transaction:
-            # Late, after encode and gzip, so the body it collapses is final.
-            hooks.attach("before_finalize", checkout.end_transaction_early, priority=95)
-        hooks.attach("on_end_request", checkout.give_back, failsafe=True, priority=80)
+            # Late (95), after encode and gzip, so the body it collapses is final.
+            hooks["before_finalize"].append(self._finalize_hook)
+        hooks["on_end_request"].append(self._end_hook)  # failsafe, 80
+
+    def _end_transaction_early(self) -> None:
+        """before_finalize: the request's checkout commits or rolls back."""
+        checkout = cherrypy.serving.request.__dict__.get(self._key)
+        if checkout is not None:
+            checkout.end_transaction_early()
 
     def _budget(self, deadline: Union[bool, float]) -> float:
         """The request's budget in seconds: ``deadline``, or ``response.timeout``'s."""
@@ -534,18 +643,15 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         expires: Optional[float],
         budget: Optional[float],
         retry_after: int,
-    ) -> tuple[str, Pool[Any], Lease[Any], Any]:
+        transaction: bool,
+        handler: Any,
+    ) -> tuple[str, _Checkout, Any]:
         """Check a connection out of pool ``name`` (else of ``fallback``): the
-        name of the pool that lent it, the pool, the lease entered and the
+        name of the pool that lent it, the checkout entered and the
         connection; else 503 (500 for no such pool)."""
         target = plugin.pools.get(name) if plugin is not None else None
         if target is None:
-            try:
-                get_pool(name)  # raises, saying what there is instead
-            except LookupError as exc:
-                cherrypy.log(f"tools.{self._name}.{key} = {name!r}: {exc}", "POODLE",
-                             severity=logging.ERROR)
-            raise cherrypy.HTTPError(500)
+            raise self._no_pool(name, key)
         wait = timeout
         if expires is not None:
             left = expires - time.time()
@@ -558,26 +664,43 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
             # The pool's own timeout (the lease's default) or the one given,
             # whichever ends first.
             wait = min(target._timeout if timeout is None else timeout, left)
-        lease = target.get(wait)
+        if wait is not None:
+            wait = check_seconds("timeout", wait)
+        checkout = _Checkout(target, wait, self._attribute, transaction, handler, retry_after)
         try:
-            return name, target, lease, lease.__enter__()
+            return name, checkout, checkout.__enter__()
         except Exception as exc:
             if fallback is not None:
                 cherrypy.log(f"pool {name!r}: {exc!r}; reading from pool {fallback!r} instead",
                              "POODLE", severity=logging.INFO)
                 return self._lend(
-                    plugin, fallback, "pool", None, timeout, expires, budget, retry_after
+                    plugin, fallback, "pool", None, timeout, expires, budget, retry_after,
+                    transaction, handler,
                 )
-            if isinstance(exc, PoolError):
-                # One line per request; the pool logs the outage itself, once.
-                cherrypy.log(f"{exc}; answered 503", "POODLE", severity=logging.INFO)
-            else:
-                # The pool logged this failure's traceback, once per outage.
-                cherrypy.log(
-                    f"pool {name!r}: opening a connection failed ({exc!r}); answered 503",
-                    "POODLE", severity=logging.INFO,
-                )
-            raise ServiceUnavailable(retry_after) from None
+            raise self._refused(name, exc, retry_after) from None
+
+    def _no_pool(self, name: str, key: str) -> cherrypy.HTTPError:
+        """The 500 for ``tools.<name>.<key>`` naming no pool, the reason logged."""
+        try:
+            get_pool(name)  # raises, saying what there is instead
+        except LookupError as exc:
+            cherrypy.log(f"tools.{self._name}.{key} = {name!r}: {exc}", "POODLE",
+                         severity=logging.ERROR)
+        return cherrypy.HTTPError(500)
+
+    @staticmethod
+    def _refused(name: str, exc: Exception, retry_after: int) -> ServiceUnavailable:
+        """The 503 for pool ``name`` failing to lend (``exc``), the cause logged."""
+        if isinstance(exc, PoolError):
+            # One line per request; the pool logs the outage itself, once.
+            cherrypy.log(f"{exc}; answered 503", "POODLE", severity=logging.INFO)
+        else:
+            # The pool logged this failure's traceback, once per outage.
+            cherrypy.log(
+                f"pool {name!r}: opening a connection failed ({exc!r}); answered 503",
+                "POODLE", severity=logging.INFO,
+            )
+        return ServiceUnavailable(retry_after)
 
     def _start_deadline(self, checkout: _Checkout, deadline_hook: Any) -> None:
         """Call the deadline hook on the checkout's connection with the seconds left."""
@@ -595,13 +718,12 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
                 raise ServiceUnavailable(checkout.retry_after)
             checkout.undo = hook(checkout.conn, left)
         except BaseException as exc:
-            lease = checkout.lease
-            lease.__exit__(type(exc), exc, exc.__traceback__)
+            checkout.__exit__(type(exc), exc, exc.__traceback__)
             if isinstance(exc, cherrypy.HTTPError):
                 raise
-            if isinstance(exc, Exception) and checkout.pool.is_broken(checkout.conn, exc):
+            if isinstance(exc, Exception) and checkout._pool.is_broken(checkout.conn, exc):
                 cherrypy.log(
-                    f"pool {checkout.pool.name!r}: the connection failed as the deadline "
+                    f"pool {checkout._pool.name!r}: the connection failed as the deadline "
                     f"was set ({exc!r}); answered 503", "POODLE", severity=logging.INFO,
                 )
                 raise ServiceUnavailable(checkout.retry_after) from None

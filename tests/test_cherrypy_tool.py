@@ -362,6 +362,42 @@ def test_hooks_after_the_give_back_no_longer_see_the_connection(cp_engine: Any, 
         del cherrypy.tools.late
 
 
+def test_later_hooks_see_the_page_handlers_callable_and_arguments(
+    cp_engine: Any, db: Path
+) -> None:
+    # The tool stands in request.handler; code after it that inspects the
+    # handler (as CherryPy's own PageHandler offers) still finds its parts,
+    # and may change the arguments the page handler is called with. (With
+    # tools.encode on, CherryPy's ResponseEncoder wraps the handler first and
+    # offers none of them: off here, so the tool wraps the PageHandler.)
+    seen: list[tuple[Any, Any, Any]] = []
+
+    def inspect() -> None:
+        handler = cherrypy.request.handler
+        seen.append((handler.callable, handler.args, dict(handler.kwargs)))
+        handler.kwargs = {**handler.kwargs, "extra": "added"}
+
+    cherrypy.tools.inspect = cherrypy.Tool("before_handler", inspect, priority=99)
+
+    class Items:
+        @cherrypy.expose
+        def item(self, ident: str, x: str = "", extra: str = "") -> bytes:
+            assert cherrypy.request.conn is not None
+            return f"{ident} {x} {extra}".encode()
+
+    try:
+        pool = make_pool(db)
+        root = Items()
+        app = serve(
+            root, {"default": pool}, {"tools.inspect.on": True, "tools.encode.on": False}
+        )
+        assert app.get("/item/5?x=1").text == "5 1 added"
+        assert seen == [(root.item, ("5",), {"x": "1"})]
+        assert pool.stats().in_use == 0
+    finally:
+        del cherrypy.tools.inspect
+
+
 @pytest.fixture
 def fresh_cache() -> Iterator[None]:
     """An empty tools.caching cache, left empty for the next test."""
