@@ -101,7 +101,7 @@ class Lease(Generic[CT]):
         if rec is None:
             # Pool._acquire does it all; the commonest case is inlined here
             # because a method call costs as much as the rest of the checkout.
-            # acquire()/release(), not "with": half the instructions.
+            # acquire()/release(), not "with": a few instructions fewer.
             (lock := pool._lock).acquire()
             try:
                 if pool._idle and pool._plain_checkout and not pool._closed:
