@@ -6,9 +6,10 @@
     .venv/bin/python benchmarks/run_all.py --only deploy,callgrind
 
 It runs, each in its own process and one after another: bench_pool.py,
-bench_tool.py, callgrind_tool.py, bench_app.py, bench_deploy.py and bench_sqlalchemy.py (``--quick``
-passes ``--quick`` to each: a smoke run whose figures mean nothing, and which
-the docs then say so of). Each one's output goes to ``<out>/<name>.txt`` and
+bench_tool.py, callgrind_tool.py (in-process, then ``--http``), bench_app.py,
+bench_deploy.py and bench_sqlalchemy.py (``--quick`` passes ``--quick`` to
+each: a smoke run whose figures mean nothing, and which the docs then say so
+of). Each one's output goes to ``<out>/<name>.txt`` and
 its figures to ``<out>/<name>.json``: the JSON a script prints or writes, else
 its ``summary``, ``mixed`` and ``target`` lines; ``<out>/all.json`` holds them
 all with the commands, the date and the machine. Then, in ``--docs`` (default
@@ -36,14 +37,15 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-#: name: (script, whether it writes ``--json``), in the order they run.
-BENCHMARKS: dict[str, tuple[str, bool]] = {
-    "pool": ("bench_pool.py", False),
-    "tool": ("bench_tool.py", False),
-    "callgrind": ("callgrind_tool.py", True),
-    "app": ("bench_app.py", False),
-    "deploy": ("bench_deploy.py", True),
-    "sqlalchemy": ("bench_sqlalchemy.py", True),
+#: name: (script and its arguments, whether it writes ``--json``), in the order they run.
+BENCHMARKS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "pool": (("bench_pool.py",), False),
+    "tool": (("bench_tool.py",), False),
+    "callgrind": (("callgrind_tool.py",), True),
+    "callgrind_http": (("callgrind_tool.py", "--http"), True),
+    "app": (("bench_app.py",), False),
+    "deploy": (("bench_deploy.py",), True),
+    "sqlalchemy": (("bench_sqlalchemy.py",), True),
 }
 
 #: The lines of a script's output kept as its figures when it prints no JSON.
@@ -52,8 +54,8 @@ KEPT = re.compile(r"^(summary:|mixed:|target|ratio|median|  poodle|  LifoQueue)"
 
 def run(name: str, out: Path, quick: bool, timeout: float) -> dict[str, Any]:
     """Run one benchmark; its record (command, exit status, seconds, figures)."""
-    script, writes_json = BENCHMARKS[name]
-    command = [sys.executable, str(HERE / script)]
+    (script, *arguments), writes_json = BENCHMARKS[name]
+    command = [sys.executable, str(HERE / script), *arguments]
     if quick:
         command.append("--quick")
     json_path = out / f"{name}.json"
@@ -130,9 +132,11 @@ def _deploy_rst(f: dict[str, Any]) -> list[str]:
 
 
 def _callgrind_rst(f: dict[str, Any]) -> list[str]:
+    where = ("served over HTTP (cheroot, server side)" if f.get("http")
+             else "in-process (WSGI, no HTTP parsing)")
     return [
-        f"Instructions per in-process hello request (callgrind, runs of {f['n']} and "
-        f"{2 * f['n']} requests, the difference over {f['n']}): tool off "
+        f"Instructions per hello request {where}, counted by callgrind (runs of "
+        f"{f['n']} and {2 * f['n']} requests, the difference over {f['n']}): tool off "
         f"{f['instructions_off']:,}, tool on {f['instructions_on']:,}: the tool costs "
         f"**{f['tool_percent']:.2f}%** (target <= 3%).",
     ]
@@ -167,7 +171,8 @@ def _lines_rst(f: dict[str, Any]) -> list[str]:
 
 
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "deploy": _deploy_rst, "callgrind": _callgrind_rst, "sqlalchemy": _sqlalchemy_rst,
+    "deploy": _deploy_rst, "callgrind": _callgrind_rst, "callgrind_http": _callgrind_rst,
+    "sqlalchemy": _sqlalchemy_rst,
 }
 
 

@@ -127,17 +127,20 @@ def test_run_all_quick_refreshes_the_figures(postgres_dsn: str, tmp_path: Path) 
     summary = json.loads((out / "all.json").read_text())
     assert summary["quick"] is True
     assert list(summary["benchmarks"]) == [
-        "pool", "tool", "callgrind", "app", "deploy", "sqlalchemy"]
+        "pool", "tool", "callgrind", "callgrind_http", "app", "deploy", "sqlalchemy"]
     for name, record in summary["benchmarks"].items():
         assert record["returncode"] == 0, (name, record)
         assert json.loads((out / f"{name}.json").read_text()) == record["figures"]
     assert summary["benchmarks"]["callgrind"]["figures"]["instructions_on"] > 0
+    assert summary["benchmarks"]["callgrind"]["figures"]["http"] is False
+    assert summary["benchmarks"]["callgrind_http"]["figures"]["http"] is True
+    assert "callgrind_tool.py --http" in summary["benchmarks"]["callgrind_http"]["command"]
     assert "cpu_workers_direct" in summary["benchmarks"]["deploy"]["figures"]["ratios"]
     text = page.read_text()
     assert "old figures" not in text
     assert text.startswith("Before.\n\n.. BEGIN figures:callgrind\n")
     assert text.endswith(".. END figures:deploy\n\nAfter.\n")
-    assert "instructions per in-process hello request" in text.lower()
+    assert "instructions per hello request in-process" in text.lower()
     assert "2 workers' CPU per request / 1 worker's" in text
     assert text.count("a ``--quick`` smoke run, its figures mean nothing") == 2
     assert "refreshed " in proc.stdout
