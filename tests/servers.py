@@ -213,7 +213,13 @@ class MariaDB(Server):
                                session_id))
 
     def _kill(self, session_id: int) -> None:
-        self.query(f"KILL {int(session_id)}")
+        import pymysql
+
+        try:
+            self.query(f"KILL {int(session_id)}")
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] != 1094:  # ER_NO_SUCH_THREAD: it has ended already
+                raise
 
     def _close_admin(self) -> None:
         self.admin.close()

@@ -68,6 +68,18 @@ def assert_nothing_out(pool: Pool[Any]) -> None:
 # -- sessions killed by the server --------------------------------------------
 
 
+def test_killing_a_session_that_ended_meanwhile_is_no_error(server: Server) -> None:
+    # Server.close() kills what is left of a test's sessions: one may end
+    # between its "alive?" and its kill (a pool disposing of it meanwhile),
+    # and the teardown must not fail on that (CI: MariaDB's 1094).
+    conn = server.factory()()
+    session_id = server.opened_session(conn)
+    conn.close()
+    wait_until(lambda: not server.alive(session_id), 10, f"session {session_id} to end")
+    server._kill(session_id)
+    assert not server.alive(session_id)
+
+
 @pytest.mark.parametrize("check", [True, False], ids=["check", "no-check"])
 def test_session_killed_while_idle_is_never_handed_out_again(
     server: Server, make_pool: MakePool, check: bool
