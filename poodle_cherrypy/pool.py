@@ -495,9 +495,7 @@ class Pool(Generic[CT]):
             if in_use:
                 logger.warning(
                     "pool %r: closed with %d connection(s) still in use after %g s; "
-                    "they will be closed when they come back",
-                    self._name, in_use, timeout,
-                )
+                    "they will be closed when they come back", self._name, in_use, timeout)
         logger.info("pool %r: closed", self._name)
 
     def recycle(self) -> None:
@@ -665,7 +663,9 @@ class Pool(Generic[CT]):
         return rec  # type: ignore[return-value]
 
     def _lend(self, rec: Record, since: float, now: float) -> None:
-        # Under the lock: lend ``rec`` at ``now`` to a get() begun at ``since``.
+        # Under the lock: lend ``rec`` at ``now`` to a get() begun at ``since``
+        # (not before: a releaser's reading may predate a waiter's start).
+        now = max(now, since)
         rec.uses += 1
         rec.checked_out = now
         self._in_use += 1
@@ -933,8 +933,7 @@ class Pool(Generic[CT]):
             done = f"disposed of {len(idle)} idle connection(s)" if idle else "nothing disposed of"
             logger.warning(
                 "pool %r: %s; found broken: %s, %d other(s) now suspect",
-                self._name, what, done, suspects, exc_info=exc_info,
-            )
+                self._name, what, done, suspects, exc_info=exc_info)
         else:
             logger.log(
                 logging.INFO if exc_info is None else logging.WARNING,

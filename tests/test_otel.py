@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     Sum,
 )
-from test_pool import JOIN, Clock, Factory, join, run_thread
+from test_pool import JOIN, Clock, Factory, join, run_thread, wait_until
 
 import poodle_cherrypy.pool as pool_module
 from poodle_cherrypy import BUCKET_BOUNDS, PoodlePlugin, Pool, PoolTimeout, otel
@@ -150,6 +150,34 @@ def test_the_plugins_pools_including_ones_added_later(cp_engine: Any) -> None:
     assert {dict(k)[POOL] for k in points(got["db.client.connection.max"])} == {"first", "later"}
     wait = points(got["db.client.connection.wait_time"])
     assert {dict(k)[POOL]: p.count for k, p in wait.items()} == {"later": 1}
+
+
+def test_a_hand_off_read_before_the_waiter_began_records_a_wait_of_0(clock: Clock) -> None:
+    # The releasing thread reads the clock, then a caller begins (reading it
+    # later) and queues before the releaser takes the lock: the hand-off's
+    # reading is older than the waiter's start. The fake clock going back
+    # plays that interleaving. A wait is never negative (OpenTelemetry
+    # refuses a negative value: the test below lost 1 in 5 runs to this).
+    pool = Pool(Factory(), max_size=1, timeout=JOIN)
+    reader = InMemoryMetricReader()
+    otel.instrument(pool, meter_provider=MeterProvider(metric_readers=[reader]))
+    seen: list[tuple[str, float]] = []
+    pool.add_timing_listener(lambda metric, seconds: seen.append((metric, seconds)))
+    lease = pool.get()
+    lease.__enter__()
+    clock.now = 1011.0  # the waiter begins at 1011
+    waiter, out = run_thread(lambda: pool.get().__enter__())
+    wait_until(lambda: pool.stats().waiting == 1, "the second caller to wait")
+    clock.now = 1010.0  # the releaser's reading, taken before the waiter began
+    lease.__exit__(None, None, None)
+    join(waiter)
+    assert "error" not in out
+    waits = [seconds for metric, seconds in seen if metric == "wait_time"]
+    assert waits == [0.0, 0.0]
+    assert min(seconds for _, seconds in seen) >= 0
+    assert pool.stats().wait_time.sum == 0
+    (point,) = points(collect(reader)["db.client.connection.wait_time"]).values()
+    assert (point.count, point.sum) == (2, 0)
 
 
 def test_threads_record_every_value() -> None:
