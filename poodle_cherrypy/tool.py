@@ -464,8 +464,9 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
         self._attribute = attribute
         self._session_attribute = session_attribute
         self._hooks: dict[str, Callable[..., Any]] = {}  # deadline_hook strings resolved
-        # Where a request's checkout is kept (in its __dict__) for the hooks.
-        self._key = f"_poodle_{attribute}_checkout"
+        # Where a request's checkout is kept (in its __dict__) for the hooks:
+        # this tool's own, so two tools on one request each give theirs back.
+        self._key = f"_poodle_checkout_{id(self)}"
         super().__init__("before_handler", self._checkout, priority=priority)
         self.__doc__ = type(self).__doc__
         # Hooks every request shares (a Hook is the callback, its priority and
@@ -615,7 +616,7 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
 
     def _end_transaction_early(self) -> None:
         """before_finalize: the request's checkout commits or rolls back."""
-        checkout = cherrypy.serving.request.__dict__.get(self._key)
+        checkout: Optional[_Checkout] = cherrypy.serving.request.__dict__.get(self._key)
         if checkout is not None:
             checkout.end_transaction_early()
 
@@ -704,16 +705,18 @@ class PoodleTool(cherrypy.Tool):  # type: ignore[misc]  # cherrypy is untyped
 
     def _start_deadline(self, checkout: _Checkout, deadline_hook: Any) -> None:
         """Call the deadline hook on the checkout's connection with the seconds left."""
-        if isinstance(deadline_hook, str):
-            hook = self._hooks.get(deadline_hook)
-            if hook is None:
-                hook = self._hooks[deadline_hook] = resolve_callable(
-                    deadline_hook, f"tools.{self._name}.deadline_hook"
-                )
-        else:
-            hook = deadline_hook
+        hook = deadline_hook
         left = checkout.expires - time.time()  # type: ignore[operator]  # set
         try:
+            if isinstance(hook, str):
+                # Inside the try: a bad name in a handler's _cp_config (which
+                # the start check cannot see) must still give the lease back.
+                resolved = self._hooks.get(hook)
+                if resolved is None:
+                    resolved = self._hooks[hook] = resolve_callable(
+                        hook, f"tools.{self._name}.deadline_hook"
+                    )
+                hook = resolved
             if left <= 0:
                 raise ServiceUnavailable(checkout.retry_after)
             checkout.undo = hook(checkout.conn, left)

@@ -302,6 +302,58 @@ def test_helper_code_gets_the_requests_own_connection(cp_engine: Any, db: Path) 
     assert pool.stats().in_use == 0
 
 
+def test_a_bad_deadline_hook_in_a_handlers_config_is_a_500_and_leaks_nothing(
+    cp_engine: Any, db: Path
+) -> None:
+    # The start check cannot see a handler's _cp_config: the bad name is
+    # found at the first request, after the checkout.
+    pool = make_pool(db)
+
+    class Root:
+        @cherrypy.expose
+        @cherrypy.config(**{"tools.poodle.deadline": 5,
+                            "tools.poodle.deadline_hook": "no_such_module_xyz:set_it"})
+        def index(self) -> str:
+            return "ran"
+
+    app = serve(Root(), {"default": pool})
+    for _ in range(2):
+        app.get("/", status=500)
+        assert (pool.stats().in_use, pool.stats().checkouts) == (0, _ + 1)
+
+
+def test_two_tools_on_one_attribute_both_give_their_connections_back(
+    cp_engine: Any, db: Path, tmp_path: Path
+) -> None:
+    # A misconfiguration (the later tool's connection wins request.conn), but
+    # nothing may leak: each tool keeps its own checkout for the give-back.
+    main = make_pool(db, name="main")
+    other = make_pool(tmp_path / "other.db", name="other")
+    cherrypy.tools.poodle_other = PoodleTool()  # attribute "conn" too
+    try:
+
+        class Root:
+            @cherrypy.expose
+            def index(self) -> str:
+                return f"{main.stats().in_use} {other.stats().in_use}"
+
+        app = serve(
+            Root(),
+            {"main": main, "other": other},
+            {
+                "tools.poodle.pool": "main",
+                "tools.poodle_other.on": True,
+                "tools.poodle_other.pool": "other",
+            },
+        )
+        for _ in range(2):
+            assert app.get("/").text == "1 1"
+            assert (main.stats().in_use, other.stats().in_use) == (0, 0)
+        assert (main.stats().checkouts, other.stats().checkouts) == (2, 2)
+    finally:
+        del cherrypy.tools.poodle_other
+
+
 def test_two_pools_in_one_request_each_on_its_own_attribute(
     cp_engine: Any, db: Path, tmp_path: Path
 ) -> None:
