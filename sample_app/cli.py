@@ -3,6 +3,13 @@
 Each value is taken from, in order: the command line, the environment, the
 ``--config`` file (``server.socket_host``, ``server.socket_port``, and the
 pool if it declares ``poodle.default.*``), then the defaults.
+
+The server gets as many threads as the pool has connections (a thread holds
+at most one), unless the config file sets ``server.thread_pool``. The
+default of 2 is from benchmarks/bench_threads.py: on this project's 2-core
+machine a cheroot process with more threads spent more CPU per request on
+its threads contending for the GIL (docs/deployment.rst, "Threads per
+worker").
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import cherrypy
+from cherrypy.lib import reprconf
 
 from poodle_cherrypy import PoodlePlugin, get_pool
 
@@ -40,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 8080,
     "database": os.path.join("data", "docs.sqlite3"),
-    "pool_size": 8,
+    "pool_size": 2,  # and as many server threads
     "max_body": DEFAULT_MAX_BODY,
     "config": None,
 }
@@ -125,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
             "data/docs.sqlite3), or a postgresql://user:password@host:port/dbname URL "
             "(needs psycopg 3: pip install 'poodle_cherrypy[postgresql]')"
         ),
-        "pool_size": "most database connections open at once (default 8)",
+        "pool_size": (
+            "most database connections open at once, and the server's threads "
+            "(default 2)"
+        ),
         "max_body": f"largest request body in bytes (default {DEFAULT_MAX_BODY})",
         "config": (
             "a CherryPy config file, e.g. sample_app/app.conf; it may declare the pool "
@@ -211,6 +222,13 @@ def _declare_pool(settings: Settings) -> Optional[str]:
     return None
 
 
+def _sets_thread_pool(config: Optional[str]) -> bool:
+    """Whether the config file ``config`` sets ``server.thread_pool`` itself."""
+    if config is None:
+        return False
+    return "server.thread_pool" in reprconf.Parser().dict_from_file(config).get("global", {})
+
+
 def configure(settings: Settings, environment: str = "production") -> Optional[str]:
     """Set up CherryPy for ``settings``: config, the pool, the app mounted and its
     plugins subscribed; an error message, or None. ``environment`` is CherryPy's:
@@ -235,6 +253,8 @@ def configure(settings: Settings, environment: str = "production") -> Optional[s
             overrides["server.socket_port"] = settings.port
         cherrypy.config.update(overrides)
         problem = _declare_pool(settings)
+        if problem is None and not _sets_thread_pool(settings.config):
+            cherrypy.config.update({"server.thread_pool": get_pool(POOL).stats().max_size})
     except (configparser.Error, TypeError, ValueError, SyntaxError) as exc:
         problem = f"{settings.config}: {exc}"
     if problem is not None:

@@ -126,6 +126,30 @@ def test_python_m_sample_app_serves_sqlite_and_stops_cleanly(
     assert (tmp_path / "data" / "docs.sqlite3").is_file()
 
 
+@pytest.mark.parametrize(
+    "args", [[], ["--pool-size", "5"], ["--config", str(APP_CONF)]],
+    ids=["defaults", "pool-size", "app.conf"],
+)
+def test_python_m_sample_app_has_as_many_server_threads_as_connections(
+    tmp_path: Path, free_port: int, args: list[str]
+) -> None:
+    # The plugin's sizing check logs "pool 'default' has max_size N for the M
+    # threads of the CherryPy server" whenever the two differ: a thread holds
+    # at most one connection, so either connections or requests would wait.
+    server = Server(args, tmp_path, {"SAMPLE_APP_PORT": str(free_port)})
+    try:
+        server.wait_for("Bus STARTED")
+        status, body = call(free_port, "GET", "/status")
+        assert status == 200
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    log = "".join(server.log)
+    assert "threads of the CherryPy server" not in log, log
+    expected = {"--pool-size": 5, "--config": 8}.get(args[0] if args else "", 2)
+    assert body["pools"]["default"]["max_size"] == expected, body
+
+
 def test_python_m_sample_app_with_app_conf(tmp_path: Path, free_port: int) -> None:
     # The port comes from the environment, over the file's 8080.
     server = Server(["--config", str(APP_CONF)], tmp_path, {"SAMPLE_APP_PORT": str(free_port)})
