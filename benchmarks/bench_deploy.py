@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What sample_app's ``GET /docs/<id>`` costs under gunicorn (gthread,
-``--threads`` threads and a pool of as many per worker) with 1 and with 2
-workers, on PostgreSQL directly and through PgBouncer in transaction mode: CPU
-per request first, requests/s and p99 second.
+``--threads`` threads, by default gunicorn.conf.py's, and a pool of as many
+per worker) with 1 and with 2 workers, on PostgreSQL directly and through
+PgBouncer in transaction mode: CPU per request first, requests/s and p99
+second.
 
 Four servers run at once on loopback, each idle while another is measured:
 
@@ -30,7 +31,7 @@ requests/s then say even less). The server connections are the most seen in
 ``pg_stat_activity`` during a round.
 
     .venv/bin/python benchmarks/bench_deploy.py              # about a minute
-    .venv/bin/python benchmarks/bench_deploy.py --threads 2  # 2 threads per worker
+    .venv/bin/python benchmarks/bench_deploy.py --threads 8  # 8 threads per worker
     .venv/bin/python benchmarks/bench_deploy.py --quick      # a smoke run
 
 It reuses the deployment tests' process helpers (tests/deployment.py), so it
@@ -67,6 +68,15 @@ import deployment  # noqa: E402  (tests/deployment.py)
 
 DEFAULT_DSN = os.environ.get("POODLE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 DOC_ID = "bench-doc"
+
+
+def gunicorn_conf_threads() -> int:
+    """The threads per worker sample_app/gunicorn.conf.py gives by default."""
+    text = (ROOT / "sample_app" / "gunicorn.conf.py").read_text()
+    found = re.search(r'GUNICORN_THREADS",\s*"(\d+)"', text)
+    if found is None:
+        raise SystemExit("sample_app/gunicorn.conf.py: no GUNICORN_THREADS default found")
+    return int(found.group(1))
 
 
 def wrk_round(wrk: str, port: int, clients: int, seconds: float) -> tuple[int, float, float]:
@@ -183,8 +193,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="PgBouncer's default_pool_size (default 4)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                         help="wrk, http.client threads, or wrk if installed (auto)")
-    parser.add_argument("--threads", type=int, default=8,
-                        help="gthread threads per worker, and the pool's max_size (default 8)")
+    parser.add_argument("--threads", type=int, default=gunicorn_conf_threads(),
+                        help="gthread threads per worker, and the pool's max_size (default: "
+                             "sample_app/gunicorn.conf.py's, %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the summary to this file")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 round of 1 s each, 4 clients")

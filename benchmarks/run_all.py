@@ -7,7 +7,7 @@
 
 It runs, each in its own process and one after another: bench_pool.py,
 bench_tool.py, callgrind_tool.py (in-process, then ``--http``), bench_app.py,
-bench_deploy.py and bench_sqlalchemy.py (``--quick`` passes ``--quick`` to
+bench_deploy.py, bench_threads.py and bench_sqlalchemy.py (``--quick`` passes ``--quick`` to
 each: a smoke run whose figures mean nothing, and which the docs then say so
 of). Each one's output goes to ``<out>/<name>.txt`` and
 its figures to ``<out>/<name>.json``: the JSON a script prints or writes, else
@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], bool]] = {
     "callgrind_http": (("callgrind_tool.py", "--http"), True),
     "app": (("bench_app.py",), False),
     "deploy": (("bench_deploy.py",), True),
+    "threads": (("bench_threads.py",), True),
     "sqlalchemy": (("bench_sqlalchemy.py",), True),
 }
 
@@ -131,6 +132,31 @@ def _deploy_rst(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def _threads_rst(f: dict[str, Any]) -> list[str]:
+    kinds = [f"gunicorn w{w}" for w in f["workers"]] + (
+        ["cheroot"] if any(name.startswith("cheroot") for name in f["figures"]) else [])
+    header = ["threads"]
+    for kind in kinds:
+        header += [f"{kind} CPU µs", f"{kind} p99 ms"]
+    rows = []
+    for threads in f["threads"]:
+        row = [str(threads)]
+        for kind in kinds:
+            fig = f["figures"][f"{kind} t{threads}"]
+            row += [f"{fig['app']['median']:.0f}", f"{fig['p99']['median']:.1f}"]
+        rows.append(row)
+    return [
+        f"A pool of as many connections as threads per process, {f['clients']} keep-alive "
+        f"clients ({f['client']}), {f['rounds']} alternated rounds of {f['seconds']:g} s; "
+        f"app CPU µs per request and p99, medians over the rounds:",
+        "",
+        *_table(header, rows),
+        "",
+        "- fewest CPU µs per request: " + "; ".join(
+            f"{kind} at {f['best'][kind]} thread(s)" for kind in kinds) + ".",
+    ]
+
+
 def _callgrind_rst(f: dict[str, Any]) -> list[str]:
     where = ("served over HTTP (cheroot, server side)" if f.get("http")
              else "in-process (WSGI, no HTTP parsing)")
@@ -171,8 +197,8 @@ def _lines_rst(f: dict[str, Any]) -> list[str]:
 
 
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "deploy": _deploy_rst, "callgrind": _callgrind_rst, "callgrind_http": _callgrind_rst,
-    "sqlalchemy": _sqlalchemy_rst,
+    "deploy": _deploy_rst, "threads": _threads_rst, "callgrind": _callgrind_rst,
+    "callgrind_http": _callgrind_rst, "sqlalchemy": _sqlalchemy_rst,
 }
 
 

@@ -114,7 +114,8 @@ def test_run_all_quick_refreshes_the_figures(postgres_dsn: str, tmp_path: Path) 
     page = tmp_path / "performance.rst"
     page.write_text(
         "Before.\n\n.. BEGIN figures:callgrind\n\nold figures\n\n.. END figures:callgrind\n\n"
-        ".. BEGIN figures:deploy\n.. END figures:deploy\n\nAfter.\n"
+        ".. BEGIN figures:deploy\n.. END figures:deploy\n\n"
+        ".. BEGIN figures:threads\n.. END figures:threads\n\nAfter.\n"
     )
     out = tmp_path / "results"
     proc = subprocess.run(
@@ -127,7 +128,7 @@ def test_run_all_quick_refreshes_the_figures(postgres_dsn: str, tmp_path: Path) 
     summary = json.loads((out / "all.json").read_text())
     assert summary["quick"] is True
     assert list(summary["benchmarks"]) == [
-        "pool", "tool", "callgrind", "callgrind_http", "app", "deploy", "sqlalchemy"]
+        "pool", "tool", "callgrind", "callgrind_http", "app", "deploy", "threads", "sqlalchemy"]
     for name, record in summary["benchmarks"].items():
         assert record["returncode"] == 0, (name, record)
         assert json.loads((out / f"{name}.json").read_text()) == record["figures"]
@@ -139,10 +140,11 @@ def test_run_all_quick_refreshes_the_figures(postgres_dsn: str, tmp_path: Path) 
     text = page.read_text()
     assert "old figures" not in text
     assert text.startswith("Before.\n\n.. BEGIN figures:callgrind\n")
-    assert text.endswith(".. END figures:deploy\n\nAfter.\n")
+    assert text.endswith(".. END figures:threads\n\nAfter.\n")
     assert "instructions per hello request in-process" in text.lower()
     assert "2 workers' CPU per request / 1 worker's" in text
-    assert text.count("a ``--quick`` smoke run, its figures mean nothing") == 2
+    assert "fewest CPU µs per request: gunicorn w1 at " in text
+    assert text.count("a ``--quick`` smoke run, its figures mean nothing") == 3
     assert "refreshed " in proc.stdout
 
 

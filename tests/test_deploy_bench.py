@@ -40,3 +40,36 @@ def test_bench_deploy_quick_runs(postgres_dsn: str, tmp_path: Path) -> None:
             assert figures["pgbouncer"]["max"] == 0, (name, figures)
     # PgBouncer capped the server connections at its pool
     assert 1 <= summary["sessions"]["w2 pgbouncer"] <= 4
+
+
+THREADS = BENCH.parent / "bench_threads.py"
+
+
+def test_bench_threads_quick_runs(postgres_dsn: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(THREADS), "--quick", "--dsn", postgres_dsn],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    # gunicorn with 1 and 2 workers, and cheroot, at 1 and 2 threads each
+    assert set(summary["figures"]) == {
+        "gunicorn w1 t1", "gunicorn w1 t2", "gunicorn w2 t1", "gunicorn w2 t2",
+        "cheroot t1", "cheroot t2",
+    }
+    for name, figures in summary["figures"].items():
+        assert figures["app"]["min"] > 0, (name, figures)  # its processes were counted
+        assert figures["rate"]["min"] > 0, (name, figures)
+    assert set(summary["best"]) == {"gunicorn w1", "gunicorn w2", "cheroot"}
+    assert all(best in (1, 2) for best in summary["best"].values())
+    assert sum(line.startswith("best     ") for line in lines) == 3, result.stdout
+
+
+def test_bench_threads_refuses_a_bad_thread_count(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(THREADS), "--threads", "2,zero"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert "'2,zero'" in result.stderr, result.stderr
