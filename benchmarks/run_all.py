@@ -7,12 +7,13 @@
 
 It runs, each in its own process and one after another: bench_pool.py,
 bench_tool.py, callgrind_tool.py (in-process, then ``--http``), bench_app.py,
-bench_deploy.py, bench_threads.py and bench_sqlalchemy.py (``--quick`` passes ``--quick`` to
-each: a smoke run whose figures mean nothing, and which the docs then say so
-of). Each one's output goes to ``<out>/<name>.txt`` and
+bench_deploy.py, bench_threads.py and bench_sqlalchemy.py (``--quick``
+passes ``--quick`` to each: a smoke run whose figures mean nothing, and which
+the docs then say so of). Each one's output goes to ``<out>/<name>.txt`` and
 its figures to ``<out>/<name>.json``: the JSON a script prints or writes, else
 its ``summary``, ``mixed`` and ``target`` lines; ``<out>/all.json`` holds them
-all with the commands, the date and the machine. Then, in ``--docs`` (default
+all with the commands, the date and the machine (``--only`` replaces its
+benchmarks' records there and keeps the others'). Then, in ``--docs`` (default
 docs/performance.rst), the text between ``.. BEGIN figures:<name>`` and
 ``.. END figures:<name>`` is replaced by the new figures (a marker pair that is
 not there is left alone; ``--no-docs`` touches nothing). The exit status is 1
@@ -22,6 +23,7 @@ when a benchmark failed; its block then says it failed, with its exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -264,8 +266,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         status = "ok" if record["returncode"] == 0 else f"FAILED ({record['returncode']})"
         print(f"  {name}: {status} in {record['seconds']:g} s; output in "
               f"{args.out / (name + '.txt')}", flush=True)
-    (args.out / "all.json").write_text(json.dumps(
-        {"stamp": stamp, "quick": args.quick, "benchmarks": records}, indent=1) + "\n")
+    everything = args.out / "all.json"
+    kept: dict[str, Any] = {}
+    if args.only and everything.exists():
+        # --only refreshes its benchmarks' records and keeps the others'.
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            kept = dict(json.loads(everything.read_text())["benchmarks"])
+    everything.write_text(json.dumps(
+        {"stamp": stamp, "quick": args.quick, "benchmarks": {**kept, **records}},
+        indent=1) + "\n")
     if not args.no_docs:
         done = refresh(args.docs, {n: block(n, r, stamp, args.quick) for n, r in records.items()})
         print(f"refreshed {args.docs}: {', '.join(done) or 'no figure markers found'}")
