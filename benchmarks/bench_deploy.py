@@ -136,6 +136,20 @@ def python_round(port: int, clients: int, seconds: float) -> tuple[int, float, f
     return len(every), len(every) / elapsed, p99
 
 
+def load_client(
+    parser: argparse.ArgumentParser, choice: str, clients: int, seconds: float,
+) -> tuple[str, Callable[[int], tuple[int, float, float]]]:
+    """The load generator for ``--client`` ``choice`` (wrk, python, or auto: wrk
+    if installed): its description and ``measure(port)``, a round's (requests,
+    requests/s, p99 in ms). ``--client wrk`` without wrk is a usage error."""
+    wrk = shutil.which("wrk") if choice != "python" else None
+    if choice == "wrk" and wrk is None:
+        parser.error("--client wrk: wrk is not installed (apt-get install wrk)")
+    if wrk is not None:
+        return "wrk, 1 thread", lambda port: wrk_round(wrk, port, clients, seconds)
+    return "http.client threads", lambda port: python_round(port, clients, seconds)
+
+
 def session_pids(admin: str, database: str, master: Optional[int]) -> set[int]:
     """The backend pids of the sessions on ``database``: with ``master``, only
     those its workers opened (both direct servers share a database); without,
@@ -204,20 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.quick:
         args.rounds, args.seconds, args.clients = 1, 1.0, 4
-    wrk = shutil.which("wrk") if args.client != "python" else None
-    if args.client == "wrk" and wrk is None:
-        parser.error("--client wrk: wrk is not installed (apt-get install wrk)")
-    measure: Callable[[int], tuple[int, float, float]]
-    if wrk is not None:
-        client = "wrk, 1 thread"
-
-        def measure(port: int) -> tuple[int, float, float]:
-            return wrk_round(wrk, port, args.clients, args.seconds)
-    else:
-        client = "http.client threads"
-
-        def measure(port: int) -> tuple[int, float, float]:
-            return python_round(port, args.clients, args.seconds)
+    client, measure = load_client(parser, args.client, args.clients, args.seconds)
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))

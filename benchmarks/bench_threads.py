@@ -34,10 +34,8 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,7 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_deploy  # noqa: E402  (its client, CPU reading and helpers)
-from bench_deploy import DOC_ID, cpu_of, deployment, spent, spread  # noqa: E402
+import deployment  # noqa: E402  (tests/deployment.py, which bench_deploy put on sys.path)
+from bench_deploy import DOC_ID, cpu_of, spent, spread  # noqa: E402
 
 
 def _counts(text: str) -> list[int]:
@@ -96,20 +95,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.quick:
         args.threads, args.rounds, args.seconds, args.clients = [1, 2], 1, 1.0, 4
-    wrk = shutil.which("wrk") if args.client != "python" else None
-    if args.client == "wrk" and wrk is None:
-        parser.error("--client wrk: wrk is not installed (apt-get install wrk)")
-    measure: Callable[[int], tuple[int, float, float]]
-    if wrk is not None:
-        client = "wrk, 1 thread"
-
-        def measure(port: int) -> tuple[int, float, float]:
-            return bench_deploy.wrk_round(wrk, port, args.clients, args.seconds)
-    else:
-        client = "http.client threads"
-
-        def measure(port: int) -> tuple[int, float, float]:
-            return bench_deploy.python_round(port, args.clients, args.seconds)
+    client, measure = bench_deploy.load_client(parser, args.client, args.clients, args.seconds)
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
