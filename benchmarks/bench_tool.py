@@ -33,8 +33,10 @@ that a drift on a shared machine hurts both alike. Each round prints
 requests/s, the server's CPU microseconds per request (its CPU time over the
 responses served), the server's CPU use (100%: one core busy) and, for
 ``on``, the cost against the same round's ``off``. The ``summary:`` line
-compares the medians over all rounds; two ``target`` lines say whether the
-tool cost at most 3% of the throughput and of the server CPU per request.
+compares the medians over all rounds, and gives the min/median/max of each
+round's own cost (how far one round can be trusted here); two ``target``
+lines say whether the tool cost at most 3% of the throughput and of the
+server CPU per request.
 
 Mixed: on a shared machine a neighbour's burst can move one round by 10% or
 more, more than the tool costs. So for a last ``--mixed`` seconds the requests
@@ -45,7 +47,9 @@ from the WSGI call to the body's close, so the tool's give-back counts). The
 ``mixed:`` line gives the mean and median CPU per request of each, the
 difference (the tool's own cost), and that difference as a share of the
 server's whole CPU per request in the same phase (HTTP parsing and the
-kernel's socket work included).
+kernel's socket work included), with the difference's standard error
+(Welch's, from the spread of the requests' own figures) and the share's 95%
+interval.
 
 ``--check``: the pool also has a ``check`` (a stand-in round trip: it sleeps
 1 ms, and is counted) with the default ``check_after`` (0.5 s), so the figures
@@ -63,6 +67,7 @@ import argparse
 import datetime
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -623,27 +628,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     on_us = statistics.median(r.cpu_us for r in results["on"])
     rps_cost = 1 - on_rps / off_rps
     us_cost = on_us / off_us - 1
+    # Each round's on against the same round's off: how far one round's
+    # figure can be trusted on this machine (the medians above pool them).
+    paired = sorted(
+        on.cpu_us / off.cpu_us - 1
+        for on, off in zip(results["on"], results["off"], strict=True)
+        if on.requests and off.requests
+    )
+    rounds_spread = (
+        f"; each round's own, min/median/max {paired[0]:+.1%}/"
+        f"{statistics.median(paired):+.1%}/{paired[-1]:+.1%}" if paired else ""
+    )
     print()
     print(
         f"summary: tool on vs off, median of {rounds} round(s): {on_rps:.0f} vs {off_rps:.0f} "
         f"requests/s (throughput cost {rps_cost:.1%}); server CPU {on_us:.1f} vs {off_us:.1f} "
-        f"us/request ({on_us - off_us:+.1f} us, {us_cost:+.1%})"
+        f"us/request ({on_us - off_us:+.1f} us, {us_cost:+.1%}{rounds_spread})"
     )
     spent = {which: [ns / 1e3 for ns in mix.timed[which]] for which in ("off", "on")}
     mixed_share: Optional[float] = None
+    mixed_interval = ""
     if mix.errors or not all(spent.values()):
         print(f"mixed: FAILED: {mix.errors} error(s), {mix.first_error or 'no timed requests'}")
     else:
         mean = {which: statistics.fmean(us) for which, us in spent.items()}
         median = {which: statistics.median(us) for which, us in spent.items()}
         tool_us = mean["on"] - mean["off"]
-        mixed_share = tool_us / (mix.cpu_us - tool_us / 2)  # of a request without the tool
+        denominator = mix.cpu_us - tool_us / 2  # a request without the tool
+        mixed_share = tool_us / denominator
+        # The difference of two means of many requests: its standard error
+        # (Welch's), and the share's 95% interval, from the requests' spread.
+        error = (
+            math.sqrt(sum(statistics.variance(us) / len(us) for us in spent.values()))
+            if all(len(us) > 1 for us in spent.values()) else math.nan
+        )
+        low, high = (tool_us - 1.96 * error) / denominator, (tool_us + 1.96 * error) / denominator
+        mixed_interval = f"{low:+.1%} to {high:+.1%}"
         print(
             f"mixed: {mix.requests} requests in {mix.seconds:.1f} s ({mix.rps:.0f}/s), on and "
             f"off alternating; worker thread CPU per request, mean {mean['on']:.1f} vs "
             f"{mean['off']:.1f} us (median {median['on']:.1f} vs {median['off']:.1f}): the "
-            f"tool costs {tool_us:+.1f} us, {mixed_share:+.1%} of the whole request's server "
-            f"CPU ({mix.cpu_us:.1f} us/request in this phase)"
+            f"tool costs {tool_us:+.1f} us (standard error {error:.1f} us), {mixed_share:+.1%} "
+            f"of the whole request's server CPU ({mix.cpu_us:.1f} us/request in this phase; "
+            f"95% interval {mixed_interval})"
         )
     print(
         f"target, tool costs <= {TARGET:.0%} of throughput: "
@@ -651,9 +678,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     print(
         f"target, tool costs <= {TARGET:.0%} of server CPU per request: "
-        f"{_verdict(us_cost <= TARGET)} ({us_cost:+.1%}) in the rounds; "
+        f"{_verdict(us_cost <= TARGET)} ({us_cost:+.1%}) in the rounds"
+        + (f" ({len(paired)} rounds' own from {paired[0]:+.1%} to {paired[-1]:+.1%}); "
+           if paired else "; ")
         + (
-            f"{_verdict(mixed_share <= TARGET)} ({mixed_share:+.1%}) mixed"
+            f"{_verdict(mixed_share <= TARGET)} ({mixed_share:+.1%}, 95% interval "
+            f"{mixed_interval}) mixed"
             if mixed_share is not None
             else "not measured mixed"
         )
