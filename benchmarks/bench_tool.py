@@ -572,6 +572,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     failed = False
     results: dict[str, list[Round]] = {"off": [], "on": []}
+    # Each round's on against the same round's off: how far one round's
+    # figure can be trusted on this machine (the medians below pool them).
+    paired: list[float] = []
     try:
         for paths in ([PATHS["off"]], [PATHS["on"]], [TIMED["off"], TIMED["on"]]):
             warm = run_round(server, load(paths, warmup))
@@ -596,7 +599,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cost = ""
                 off = done["off"]
                 if which == "on" and r.requests and off.requests:
-                    cost = f"{1 - r.rps / off.rps:+.1%} rps, {r.cpu_us / off.cpu_us - 1:+.1%} CPU"
+                    paired.append(r.cpu_us / off.cpu_us - 1)
+                    cost = f"{1 - r.rps / off.rps:+.1%} rps, {paired[-1]:+.1%} CPU"
                 line = (
                     f"  {i + 1:>5} {which:>4} {r.rps:>11.0f} {r.cpu_us:>11.1f} "
                     f"{r.cpu_share:>11.0%} {r.requests:>9} {r.errors:>7} {cost:>22}"
@@ -628,13 +632,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     on_us = statistics.median(r.cpu_us for r in results["on"])
     rps_cost = 1 - on_rps / off_rps
     us_cost = on_us / off_us - 1
-    # Each round's on against the same round's off: how far one round's
-    # figure can be trusted on this machine (the medians above pool them).
-    paired = sorted(
-        on.cpu_us / off.cpu_us - 1
-        for on, off in zip(results["on"], results["off"], strict=True)
-        if on.requests and off.requests
-    )
+    paired.sort()
     rounds_spread = (
         f"; each round's own, min/median/max {paired[0]:+.1%}/"
         f"{statistics.median(paired):+.1%}/{paired[-1]:+.1%}" if paired else ""
